@@ -1,0 +1,33 @@
+# Two commands a user needs: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# torch is installed on its own line, pinned, before the package: the pin selects the CPU
+# wheel; letting a dependency resolve torch would pull several GB of CUDA packages.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(BIN)/searchpipe run configs/demo.yaml
+
+test: install
+	$(BIN)/ruff check searchpipe tests benchmarks
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check searchpipe tests benchmarks
+	$(BIN)/ruff format --check searchpipe tests benchmarks
+	$(BIN)/mypy searchpipe
+
+clean:
+	rm -rf $(VENV) runs indexes/*/

@@ -1,0 +1,3 @@
+from searchpipe.cli import main
+
+main()
