@@ -34,21 +34,16 @@ class IndexConfig(StrictModel):
     token_budget: int = Field(default=16384, ge=64)  # padded tokens per forward pass
     max_length: int | None = Field(default=None, ge=8)  # truncate docs (default: model's)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
-    target_recall: float = Field(default=0.95, gt=0, le=1)  # for index_type auto / ANN tuning
-    bm25: bool = True  # also build a BM25 index for hybrid search
+    target_recall: float = Field(default=0.95, gt=0, le=1)  # ANN indexes are tuned to reach it
 
 
 class SearchConfig(StrictModel):
     """How to search an index with a set of queries (``searchpipe search``)."""
 
-    index: str
+    index: str | None = None  # in a job config: the job's index
     queries: Path
     output: Path
     k: int = Field(default=100, ge=1)
-    retriever: Literal["dense", "bm25", "hybrid"] = "dense"
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    rrf_k: int = Field(default=60, ge=1)
-    dense_weight: float = Field(default=0.5, ge=0, le=1)
     rerank: str | None = None
     rerank_depth: int = Field(default=20, ge=1)
     rerank_batch_tokens: int = Field(default=16384, ge=64)
@@ -115,7 +110,14 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         if field is None:
             break
         ann = field.annotation
-        sub = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        sub = next(
+            (
+                a
+                for a in getattr(ann, "__args__", (ann,))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
         if sub is None:
             break
         model = sub

@@ -1,0 +1,144 @@
+"""The bi-encoder: a sentence-transformers model run on our fast path.
+
+The model folder (and its pooling and normalisation) is whatever sentence-transformers
+loads; we only replace the loop around it: one tokenizer call per record batch, token-budget
+batches sorted by length, bf16 autocast where the CPU has native bf16, and
+``torch.inference_mode``. The result is float32 NumPy, ready for FAISS.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+
+from searchpipe.errors import InputError, RunError
+from searchpipe.models.batching import Packed, iter_batches
+from searchpipe.models.precision import autocast, resolve_precision
+from searchpipe.models.resolve import ModelRef, resolve_model
+
+log = logging.getLogger(__name__)
+
+
+def quiet_transformers() -> None:
+    """Silence library chatter that is not ours to show (warnings stay on stderr only)."""
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name in ("sentence_transformers", "transformers", "huggingface_hub"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="transformers")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class BiEncoder:
+    """Embed texts with a sentence-transformers model folder.
+
+    >>> enc = BiEncoder("minilm")
+    >>> enc.encode(["a cat", "a dog"]).shape
+    (2, 384)
+    """
+
+    def __init__(
+        self,
+        model: str | ModelRef = "minilm",
+        precision: str = "auto",
+        token_budget: int = 16384,
+        batch_size: int = 256,
+        max_length: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        quiet_transformers()
+        self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        try:
+            self.model = SentenceTransformer(
+                str(self.ref.path), device=device, local_files_only=True
+            )
+        except Exception as e:  # a folder that is not a model
+            raise InputError(
+                f"model folder {self.ref.path} could not be loaded as a sentence-transformers or "
+                f"Hugging Face model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            ) from None
+        self.model.eval()
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.token_budget = token_budget
+        self.batch_size = batch_size
+        tokenizer = self.model.tokenizer
+        if tokenizer is None:
+            raise InputError(f"model folder {self.ref.path} has no tokenizer files")
+        self.tokenizer = tokenizer
+        limit = self.model.max_seq_length or tokenizer.model_max_length or 512
+        self.max_length = min(max_length or limit, limit)
+        self.dim = int(self.model.get_embedding_dimension() or 0)
+        self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
+        self.pooling = self._pooling_mode()
+        self.truncated = 0  # texts cut at max_length so far
+        torch.set_num_threads(max(torch.get_num_threads(), 1))
+
+    def _pooling_mode(self) -> str:
+        for module in self.model:
+            if type(module).__name__ == "Pooling":
+                return str(getattr(module, "pooling_mode", "unknown"))
+        return "none"
+
+    def identity(self) -> dict[str, Any]:
+        """What an index records about its encoder, and checks when queried."""
+        return {
+            "name": self.ref.name,
+            "weights_sha256": self.ref.weights_sha256,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "dim": self.dim,
+            "max_length": self.max_length,
+        }
+
+    def tokenize(self, texts: list[str]) -> Packed:
+        enc = self.tokenizer(
+            texts,
+            truncation=False,
+            add_special_tokens=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        over = [i for i, ids in enumerate(enc) if len(ids) > self.max_length]
+        self.truncated += len(over)
+        for i in over:  # keep [CLS] ... and the closing [SEP]
+            enc[i] = enc[i][: self.max_length - 1] + enc[i][-1:]
+        return Packed.from_encoding(enc, None)
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts`` as a float32 array (n, dim), in input order."""
+        import torch
+
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        packed = self.tokenize(texts)
+        pad_id = self.tokenizer.pad_token_id or 0
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            for rows, (ids, types, mask) in iter_batches(
+                packed, self.token_budget, self.batch_size, pad_id
+            ):
+                features = {
+                    "input_ids": torch.from_numpy(ids),
+                    "token_type_ids": torch.from_numpy(types),
+                    "attention_mask": torch.from_numpy(mask),
+                }
+                try:
+                    emb = self.model(features)["sentence_embedding"]
+                except RuntimeError as e:
+                    raise RunError(f"embedding failed: {str(e).splitlines()[0]}") from None
+                out[rows] = emb.float().numpy()
+        return out

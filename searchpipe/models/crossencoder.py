@@ -1,0 +1,133 @@
+"""The cross-encoder: a sentence-transformers CrossEncoder folder run on our fast path.
+
+Same treatment as the bi-encoder: pairs tokenized once, length-sorted token-budget batches,
+bf16 autocast where native, ``torch.inference_mode``. Pairs longer than the model's
+maximum length are truncated (longest side first, as sentence-transformers does) and
+counted in ``truncated``, so callers can report it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from searchpipe.errors import InputError, RunError
+from searchpipe.models.batching import Packed, iter_batches
+from searchpipe.models.biencoder import quiet_transformers
+from searchpipe.models.precision import autocast, resolve_precision
+from searchpipe.models.resolve import ModelRef, resolve_model
+
+
+class CrossEncoderScorer:
+    """Score (query, document) pairs with a CrossEncoder model folder.
+
+    >>> scorer = CrossEncoderScorer("path/to/cross-encoder")  # doctest: +SKIP
+    >>> scorer.score(["what is a bat?"], ["Bats are flying mammals."])  # doctest: +SKIP
+    array([0.93], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        model: str | ModelRef,
+        precision: str = "auto",
+        token_budget: int = 16384,
+        batch_size: int = 256,
+        max_length: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        from sentence_transformers import CrossEncoder
+
+        quiet_transformers()
+        self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        try:
+            self.model = CrossEncoder(str(self.ref.path), device=device, local_files_only=True)
+        except Exception as e:
+            raise InputError(
+                f"rerank model {self.ref.path} could not be loaded as a sentence-transformers "
+                f"CrossEncoder ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+            ) from None
+        if self.model.num_labels != 1:
+            raise InputError(
+                f"rerank model {self.ref.path} has {self.model.num_labels} output labels; "
+                "a reranker needs a one-logit head (num_labels=1)"
+            )
+        self.model.eval()
+        self.device = device
+        self.precision = resolve_precision(precision, device)
+        self.token_budget = token_budget
+        self.batch_size = batch_size
+        self.tokenizer = self.model.tokenizer
+        limit = self.model.max_length or self.tokenizer.model_max_length or 512
+        self.max_length = min(max_length or limit, limit, 512)
+        self.truncated = 0
+
+    def identity(self) -> dict[str, Any]:
+        return {
+            "name": self.ref.name,
+            "weights_sha256": self.ref.weights_sha256,
+            "max_length": self.max_length,
+        }
+
+    def tokenize(self, queries: list[str], docs: list[str]) -> Packed:
+        enc = self.tokenizer(queries, docs, truncation=False, return_attention_mask=False)
+        ids, types = enc["input_ids"], enc.get("token_type_ids")
+        over = [i for i, row in enumerate(ids) if len(row) > self.max_length]
+        if over:
+            self.truncated += len(over)
+            cut = self.tokenizer(
+                [queries[i] for i in over],
+                [docs[i] for i in over],
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_attention_mask=False,
+            )
+            for j, i in enumerate(over):
+                ids[i] = cut["input_ids"][j]
+                if types is not None:
+                    types[i] = cut["token_type_ids"][j]
+        return Packed.from_encoding(ids, types)
+
+    def score(self, queries: list[str], docs: list[str]) -> np.ndarray:
+        """One float32 score per (query, doc) pair, in input order."""
+        import torch
+
+        out = np.empty(len(queries), dtype=np.float32)
+        if not queries:
+            return out
+        packed = self.tokenize(queries, docs)
+        pad_id = self.tokenizer.pad_token_id or 0
+        activation = self.model.activation_fn
+        with torch.inference_mode(), autocast(self.precision, self.device):
+            for rows, (ids, types, mask) in iter_batches(
+                packed, self.token_budget, self.batch_size, pad_id
+            ):
+                features = {
+                    "input_ids": torch.from_numpy(ids),
+                    "token_type_ids": torch.from_numpy(types),
+                    "attention_mask": torch.from_numpy(mask),
+                }
+                try:
+                    logits = self.model(features)["scores"].float()
+                except RuntimeError as e:
+                    raise RunError(f"reranking failed: {str(e).splitlines()[0]}") from None
+                if activation is not None:
+                    logits = activation(logits)
+                out[rows] = logits.reshape(-1).numpy()
+        return out
+
+
+def make_untrained_cross_encoder(base: str, output: str, seed: int = 0) -> str:
+    """Save ``base``'s BERT body with a fresh one-logit head as a CrossEncoder folder.
+
+    Useful for tests and as the starting point of reranker training.
+    """
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    quiet_transformers()
+    torch.manual_seed(seed)
+    ref = resolve_model(base)
+    model = CrossEncoder(str(ref.path), num_labels=1, device="cpu", local_files_only=True)
+    model.save(output)
+    return output

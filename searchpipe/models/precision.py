@@ -1,0 +1,41 @@
+"""Pick the compute precision: bf16 where the hardware runs it natively, else fp32."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from searchpipe.errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def bf16_supported(device: str = "cpu") -> bool:
+    """True when ``device`` has native bf16 matrix units (AVX512-BF16/AMX on CPU)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+
+
+def resolve_precision(precision: str, device: str = "cpu") -> str:
+    """``auto`` becomes ``bf16`` when supported, else ``fp32``; an explicit bf16 falls back too."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return "fp32"
+    return "bf16" if bf16_supported(device) else "fp32"
+
+
+def autocast(precision: str, device: str = "cpu") -> Any:
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,187 @@
+"""Compose stages, check their columns up front, and run them in memory or as a batch job.
+
+In memory, a pipeline chains the stages' generators: batches flow through without being
+stored. As a batch job (``run_job``), each stage's output is written as Arrow IPC shards in a
+run folder (``NN-stage/part-00000.arrow`` ...), one shard per input batch, each renamed into
+place when complete. A stage whose fingerprint (its settings plus everything upstream) is
+unchanged is skipped and its shards are read back; a stage killed half way resumes after its
+last complete shard. Read a stage's output with ``pyarrow.dataset.dataset(folder, format="ipc")``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from searchpipe.errors import InputError
+from searchpipe.stages.base import Source, Stage
+
+log = logging.getLogger(__name__)
+DONE = "_done.json"
+
+
+def runs_dir() -> Path:
+    home = os.environ.get("SEARCHPIPE_HOME")
+    return Path(home) / "runs" if home else Path("runs")
+
+
+class Pipeline:
+    """A sequence of stages over one record-batch stream.
+
+    >>> p = Pipeline([Ingest("corpus.jsonl"), Embed("minilm")])  # doctest: +SKIP
+    >>> p.check()  # raises InputError naming any missing column  # doctest: +SKIP
+    >>> for batch in p.stream(): ...  # doctest: +SKIP
+    """
+
+    def __init__(self, stages: list[Stage]) -> None:
+        if not stages:
+            raise InputError("a pipeline needs at least one stage")
+        self.stages = list(stages)
+
+    def check(self, columns: Iterable[str] = ()) -> set[str]:
+        """Check that every stage will find its columns; return the final column set."""
+        available = set(columns)
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, Source) and i > 0:
+                raise InputError(f"stage {i + 1} ({stage.name}) reads a file and must come first")
+            missing = [c for c in stage.requires if c not in available]
+            if missing:
+                have = ", ".join(sorted(available)) or "none"
+                raise InputError(
+                    f"stage {i + 1} ({stage.name}) needs column(s) {', '.join(missing)}, which no earlier "
+                    f"stage provides (available: {have}); add a stage that provides them"
+                )
+            available = stage.output_columns(available)
+        return available
+
+    def open(self) -> None:
+        for stage in self.stages:
+            stage.open()
+
+    def stream(self, batches: Iterable[pa.RecordBatch] | None = None) -> Iterator[pa.RecordBatch]:
+        """Run the stages in memory over ``batches`` (or over the source stage's output)."""
+        first = batches.schema.names if isinstance(batches, pa.Table) else ()
+        if isinstance(batches, pa.Table):
+            batches = batches.to_batches()
+        if batches is None and not isinstance(self.stages[0], Source):
+            raise InputError("the pipeline has no source stage; pass input batches")
+        self.check(first if batches is None else _peek_columns(batches) or first)
+        self.open()
+        stream: Iterable[pa.RecordBatch] = batches if batches is not None else ()
+        for stage in self.stages:
+            stream = stage(stream)
+        return iter(stream)
+
+    def run(self, batches: Iterable[pa.RecordBatch] | None = None) -> pa.Table | None:
+        """Run in memory and collect the final batches into a table (None if none)."""
+        out = list(self.stream(batches))
+        return pa.Table.from_batches(out) if out else None
+
+    def run_job(self, work_dir: Path, progress: bool | None = None) -> Iterator[pa.RecordBatch]:
+        """Run as a batch job in ``work_dir``, one stage at a time (see module docstring).
+
+        Returns the stream of the last stage; a final sink stage (index build, write)
+        runs as that stream is consumed.
+        """
+        self.check()
+        work_dir.mkdir(parents=True, exist_ok=True)
+        stream: Iterable[pa.RecordBatch] = ()
+        rows: int | None = None
+        fingerprint = ""
+        for i, stage in enumerate(self.stages):
+            if isinstance(stage, Source):
+                fingerprint = stage.fingerprint(stage.fingerprint_source())
+            else:
+                fingerprint = stage.fingerprint(fingerprint)
+                stream = with_progress(stream, rows, stage.name, progress)
+            if not getattr(stage, "materialize", True):
+                stream = stage(stream)
+                continue
+            folder = work_dir / f"{i + 1:02d}-{stage.name}"
+            rows = _complete(stage, stream, folder, fingerprint)
+            stream = read_parts(folder)
+        return iter(stream)
+
+
+def with_progress(
+    stream: Iterable[pa.RecordBatch], total: int | None, desc: str, enabled: bool | None
+) -> Iterator[pa.RecordBatch]:
+    """Pass batches through, advancing a progress bar by rows (off when not a terminal)."""
+    from tqdm import tqdm
+
+    disable = None if enabled is None else not enabled  # None: on only for a terminal
+    with tqdm(
+        total=total, desc=desc, unit="row", disable=disable, file=sys.stderr, leave=False
+    ) as bar:
+        for batch in stream:
+            bar.update(batch.num_rows)
+            yield batch
+
+
+def _peek_columns(batches: Iterable[pa.RecordBatch]) -> list[str] | None:
+    if isinstance(batches, list) and batches:
+        return batches[0].schema.names
+    return None
+
+
+def read_parts(folder: Path) -> Iterator[pa.RecordBatch]:
+    for part in sorted(folder.glob("part-*.arrow")):
+        with pa.memory_map(str(part)) as source:
+            reader = ipc.open_file(source)
+            for j in range(reader.num_record_batches):
+                yield reader.get_batch(j)
+
+
+def _complete(
+    stage: Stage, upstream: Iterable[pa.RecordBatch], folder: Path, fingerprint: str
+) -> int:
+    """Make ``folder`` hold the stage's complete output: reuse, resume or compute. Returns rows."""
+    done = folder / DONE
+    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+        log.info("%s: inputs and settings unchanged, reusing %s", stage.name, folder)
+        return int(json.loads(done.read_text())["rows"])
+    job = folder / "_job.json"
+    n = 0
+    if (
+        stage.batchwise
+        and job.is_file()
+        and json.loads(job.read_text()).get("fingerprint") == fingerprint
+    ):
+        n = len(list(folder.glob("part-*.arrow")))
+        log.info("%s: resuming after %d complete shard(s)", stage.name, n)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        job.write_text(json.dumps({"stage": stage.name, "fingerprint": fingerprint}))
+    for stale in folder.glob(".part-*"):
+        stale.unlink()
+    for batch in stage(islice(upstream, n, None) if n else upstream):
+        _write_part(folder, n, batch)
+        n += 1
+    rows = sum(b.num_rows for b in read_parts(folder))
+    done.write_text(
+        json.dumps({"stage": stage.name, "fingerprint": fingerprint, "parts": n, "rows": rows})
+    )
+    return rows
+
+
+def _write_part(folder: Path, n: int, batch: pa.RecordBatch) -> None:
+    tmp = folder / f".part-{n:05d}.arrow"
+    with ipc.new_file(str(tmp), batch.schema) as w:
+        w.write_batch(batch)
+    os.replace(tmp, folder / f"part-{n:05d}.arrow")
+
+
+def stage_rows(folder: Path) -> int | None:
+    """Row count recorded by a completed stage folder."""
+    done = folder / DONE
+    return json.loads(done.read_text()).get("rows") if done.is_file() else None

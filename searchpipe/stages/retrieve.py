@@ -1,0 +1,76 @@
+"""Retrieve: query embeddings → top-k hits from a FAISS index, one row per (query, hit)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from searchpipe import columns as C
+from searchpipe.index import Index
+from searchpipe.stages.base import Stage
+from searchpipe.stages.embed import arrow_to_vectors
+
+HITS_SCHEMA = pa.schema(
+    [
+        (C.QUERY_ID, pa.string()),
+        (C.QUERY_TEXT, pa.string()),
+        (C.DOC_ID, pa.string()),
+        (C.DOC_ROW, pa.int64()),
+        (C.SCORE, pa.float32()),
+        (C.RANK, pa.int32()),
+    ]
+)
+
+
+def hits_batch(
+    batch: pa.RecordBatch, scores: np.ndarray, rows: np.ndarray, docs: pa.Table
+) -> pa.RecordBatch:
+    """Long-format hits from (n, k) ``scores``/``rows`` of the n queries in ``batch``."""
+    n, k = rows.shape
+    valid = rows >= 0  # faiss pads with -1 when fewer than k hits exist
+    query_index = np.repeat(np.arange(n), k)[valid.reshape(-1)]
+    flat_rows = rows[valid]
+    ranks = (np.cumsum(valid, axis=1)[valid]).astype(np.int32)
+    take = pa.array(query_index, pa.int64())
+    doc_rows = pa.array(flat_rows, pa.int64())
+    return pa.record_batch(
+        [
+            batch.column(C.QUERY_ID).take(take),
+            batch.column(C.TEXT).take(take),
+            docs.column(C.DOC_ID).take(doc_rows).combine_chunks(),
+            doc_rows,
+            pa.array(scores[valid].astype(np.float32)),
+            pa.array(ranks),
+        ],
+        schema=HITS_SCHEMA,
+    )
+
+
+class Retrieve(Stage):
+    """Dense retrieval: the ``k`` nearest documents of each query embedding.
+
+    >>> Retrieve(index, k=10)  # doctest: +SKIP
+    """
+
+    name = "retrieve"
+    requires = (C.QUERY_ID, C.TEXT, C.EMBEDDING)
+    provides = tuple(HITS_SCHEMA.names)
+
+    def __init__(self, index: Index, k: int = 100) -> None:
+        self.index = index
+        self.k = k
+
+    def output_columns(self, available: set[str]) -> set[str]:
+        return set(self.provides)
+
+    def settings(self) -> dict[str, Any]:
+        m = self.index.manifest
+        return {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
+
+    def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            scores, rows = self.index.search(arrow_to_vectors(batch.column(C.EMBEDDING)), self.k)
+            yield hits_batch(batch, scores, rows, self.index.docs)

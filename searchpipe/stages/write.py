@@ -1,0 +1,126 @@
+"""Write: save a stream of batches as Arrow IPC, JSONL or a TREC run (by file extension).
+
+Writes go to a temporary file beside the target and are renamed into place when complete,
+so an interrupted write never leaves a half-written output under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from searchpipe import columns as C
+from searchpipe.errors import InputError
+from searchpipe.stages.base import Stage
+
+RUN_TAG = "searchpipe"
+
+
+def output_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    formats = {
+        ".arrow": "arrow",
+        ".ipc": "arrow",
+        ".feather": "arrow",
+        ".jsonl": "jsonl",
+        ".trec": "trec",
+        ".run": "trec",
+        ".txt": "trec",
+    }
+    if ext not in formats:
+        raise InputError(f"cannot tell the output format of {path}; use .arrow, .jsonl or .trec")
+    return formats[ext]
+
+
+def run_scores(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """One score per row that orders each query's hits exactly as ``rank`` does.
+
+    For a reranked run, reranked hits keep their cross-encoder score and the hits below the
+    rerank depth get scores below the lowest reranked one, in first-stage order. Evaluation
+    and TREC output both use this, so a TREC file scores the same as the Arrow run.
+    """
+    if C.RERANK_SCORE not in batch.schema.names:
+        return batch.column(C.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    rerank = batch.column(C.RERANK_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    ranks = batch.column(C.RANK).to_numpy(zero_copy_only=False).astype(np.float64)
+    qids = batch.column(C.QUERY_ID).to_numpy(zero_copy_only=False)
+    scores = rerank.copy()
+    tail = np.isnan(rerank)
+    if tail.any():
+        _, group = np.unique(qids, return_inverse=True)
+        floor = np.full(group.max() + 1, np.inf)
+        np.minimum.at(floor, group[~tail], rerank[~tail])
+        floor[np.isinf(floor)] = 0.0
+        scores[tail] = floor[group[tail]] - ranks[tail] * 1e-3 - 1.0
+    return scores
+
+
+class Write(Stage):
+    """Write batches to ``path`` (Arrow, JSONL or TREC) and pass them on unchanged."""
+
+    name = "write"
+    batchwise = False
+    materialize = False
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        if self.format == "trec":
+            self.requires = (C.QUERY_ID, C.DOC_ID, C.RANK, C.SCORE)
+        self.rows = 0
+
+    def settings(self) -> dict[str, Any]:
+        return {"path": str(self.path)}
+
+    def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        try:
+            if self.format == "arrow":
+                yield from self._arrow(batches, tmp)
+            else:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    for batch in batches:
+                        if self.format == "jsonl":
+                            for row in batch.to_pylist():
+                                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                        else:
+                            self._trec(batch, f)
+                        self.rows += batch.num_rows
+                        yield batch
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _arrow(self, batches: Iterable[pa.RecordBatch], tmp: Path) -> Iterator[pa.RecordBatch]:
+        import pyarrow.ipc as ipc
+
+        writer = None
+        try:
+            for batch in batches:
+                if writer is None:
+                    writer = ipc.new_file(str(tmp), batch.schema)
+                writer.write_batch(batch)
+                self.rows += batch.num_rows
+                yield batch
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise InputError(f"nothing to write to {self.path}: the stream was empty")
+
+    def _trec(self, batch: pa.RecordBatch, f: Any) -> None:
+        scores = run_scores(batch)
+        qids = batch.column(C.QUERY_ID).to_pylist()
+        dids = batch.column(C.DOC_ID).to_pylist()
+        ranks = batch.column(C.RANK).to_pylist()
+        f.writelines(
+            f"{q} Q0 {d} {r} {s:.6f} {RUN_TAG}\n"
+            for q, d, r, s in zip(qids, dids, ranks, scores, strict=True)
+        )
