@@ -1,0 +1,192 @@
+"""Index folder: FAISS against exact search, factory strings, manifest checks, atomic commits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from searchpipe import columns as C
+from searchpipe.ann import choose_factory, exact_topk, recall_at_k, sample_queries, tune
+from searchpipe.errors import InputError
+from searchpipe.index import Index, IndexWriter, verify
+from searchpipe.stages.build import BuildIndex, make_faiss_index
+from searchpipe.stages.embed import vectors_to_arrow
+
+DIM = 32
+
+
+def random_docs(n: int, seed: int = 0) -> tuple[np.ndarray, list[pa.RecordBatch]]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    batches = []
+    for start in range(0, n, 1000):
+        v = vectors[start : start + 1000]
+        ids = [f"d{i}" for i in range(start, start + len(v))]
+        batches.append(
+            pa.record_batch(
+                {
+                    C.DOC_ID: ids,
+                    C.TITLE: [""] * len(v),
+                    C.TEXT: [f"text {i}" for i in ids],
+                    C.METADATA: pa.nulls(len(v), pa.string()),
+                    C.EMBEDDING: vectors_to_arrow(v),
+                }
+            )
+        )
+    return vectors, batches
+
+
+ENCODER = {"name": "test", "weights_sha256": "0" * 64, "pooling": "mean", "normalize": True, "dim": DIM, "max_length": 16}
+
+
+def build(root: Path, factory: str, batches: list[pa.RecordBatch], hooks: list | None = None) -> Index:
+    stage = BuildIndex(root, factory, ENCODER, {"corpus": {"path": "x", "sha256": "y"}}, n_docs=sum(b.num_rows for b in batches))
+    stage.hooks = hooks or []
+    for _ in stage(iter(batches)):
+        pass
+    return Index.open(root)
+
+
+def test_flat_index_equals_exact_search(tmp_path: Path) -> None:
+    vectors, batches = random_docs(3000)
+    index = build(tmp_path / "flat", "Flat", batches)
+    queries = sample_queries(vectors, 50, seed=1)
+    scores, rows = index.search(queries, 10)
+    sims = queries @ vectors.T
+    exact = np.argsort(-sims, axis=1)[:, :10]
+    # same scores as brute force, and each returned row really has its returned score
+    np.testing.assert_allclose(scores, np.take_along_axis(sims, exact, axis=1), atol=1e-5)
+    np.testing.assert_allclose(np.take_along_axis(sims, rows, axis=1), scores, atol=1e-5)
+    # midpoint queries tie their two source docs exactly, so compare sets, not order
+    assert all(set(r) == set(e) for r, e in zip(rows.tolist(), exact.tolist(), strict=True))
+    assert index.docs.column(C.DOC_ID)[int(rows[0, 0])].as_py() == f"d{rows[0, 0]}"
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF32,Flat", "IVF32,SQ8"])
+def test_approximate_indexes_are_tuned_to_target_recall(tmp_path: Path, factory: str) -> None:
+    from searchpipe.ann import tune_hook
+
+    vectors, batches = random_docs(4000)
+    # the tune hook reads embeddings back from a stage folder, as a batch job leaves them
+    folder = tmp_path / "02-embed"
+    folder.mkdir()
+    import pyarrow.ipc as ipc
+
+    for i, b in enumerate(batches):
+        with ipc.new_file(str(folder / f"part-{i:05d}.arrow"), b.schema) as w:
+            w.write_batch(b)
+    index = build(tmp_path / factory.replace(",", "_"), factory, batches, [tune_hook(folder, 0.9)])
+    ann = index.manifest["ann"]
+    assert ann["recall@10"] >= 0.9 and ann["params"]
+    queries = sample_queries(vectors, 200, seed=7)  # fresh queries: the setting generalises
+    _, rows = index.search(queries, 10)
+    truth = exact_topk(queries, iter([vectors]))
+    assert recall_at_k(rows, truth) >= 0.85
+
+
+def test_recall_measurement_is_exact() -> None:
+    truth = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    found = np.array([[1, 2, 9, 9], [8, 7, 6, 5]])
+    assert recall_at_k(found, truth) == pytest.approx(6 / 8)
+    vectors, _ = random_docs(500)
+    q = sample_queries(vectors, 20)
+    chunks = iter([vectors[:123], vectors[123:400], vectors[400:]])
+    assert (np.sort(exact_topk(q, chunks), 1) == np.sort(np.argsort(-(q @ vectors.T), 1)[:, :10], 1)).all()
+
+
+def test_tune_stops_at_smallest_setting_reaching_target() -> None:
+    vectors, _ = random_docs(3000)
+    index = make_faiss_index("HNSW8", DIM)
+    index.add(vectors)
+    q = sample_queries(vectors, 100)
+    truth = exact_topk(q, iter([vectors]))
+    result = tune(index, q, truth, target=0.99)
+    assert result["recall@10"] >= 0.99
+    low = tune(index, q, truth, target=0.01)
+    assert low["params"]["efSearch"] == 16 and low["params"]["efSearch"] < result["params"]["efSearch"]
+
+
+def test_choose_factory_by_size() -> None:
+    assert choose_factory(1000) == "Flat"
+    assert choose_factory(100_000).startswith("HNSW")
+    assert choose_factory(10_000_000).startswith("IVF")
+
+
+def test_bad_factory_string_and_untrainable_ivf(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a FAISS factory string"):
+        make_faiss_index("Flatt", DIM)
+    _, batches = random_docs(50)
+    with pytest.raises(InputError, match="could not be trained"):
+        build(tmp_path / "ivf", "IVF1024,Flat", batches)
+    assert not any((tmp_path / "ivf").glob("v*")), "a failed build leaves no version behind"
+
+
+def test_dimension_and_encoder_mismatch_are_refused(tmp_path: Path) -> None:
+    _, batches = random_docs(100)
+    index = build(tmp_path / "x", "Flat", batches)
+    with pytest.raises(InputError, match="dimensional"):
+        index.search(np.zeros((1, DIM + 1), np.float32), 5)
+    with pytest.raises(InputError, match="was built with model 'test'"):
+        index.check_encoder({**ENCODER, "name": "other", "weights_sha256": "1" * 64})
+    index.check_encoder(dict(ENCODER))
+
+
+def test_missing_index_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no index at"):
+        Index.open("nothing", tmp_path)
+    with pytest.raises(InputError, match="not allowed"):
+        Index.open("../escape", tmp_path)
+
+
+def test_rebuild_commits_new_version_and_failed_build_keeps_old(tmp_path: Path) -> None:
+    root = tmp_path / "idx"
+    _, batches = random_docs(200)
+    first = build(root, "Flat", batches)
+    assert first.manifest["version"] == 1 and verify(root.name, tmp_path) == []
+
+    def failing():
+        yield batches[0]
+        raise RuntimeError("disk full")
+
+    stage = BuildIndex(root, "Flat", ENCODER, {"corpus": {}}, n_docs=200)
+    with pytest.raises(RuntimeError):
+        for _ in stage(failing()):
+            pass
+    again = Index.open(root)
+    assert again.manifest["version"] == 1 and len(again) == 200
+    assert not list(root.glob(".staging-*")), "no staging folder is left behind"
+    second = build(root, "Flat", batches[:1] if len(batches) > 1 else batches)
+    assert second.manifest["version"] == 2
+
+
+def test_checksums_catch_a_flipped_byte(tmp_path: Path) -> None:
+    _, batches = random_docs(100)
+    index = build(tmp_path / "c", "Flat", batches)
+    target = index.version_dir / "index.faiss"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    problems = verify("c", tmp_path)
+    assert len(problems) == 1 and "index.faiss" in problems[0]
+
+
+def test_second_writer_fails_fast(tmp_path: Path) -> None:
+    root = tmp_path / "locked"
+    with IndexWriter(root):
+        with pytest.raises(InputError, match="being written by another process"):
+            with IndexWriter(root):
+                pass
+
+
+def test_manifest_describes_the_index(tmp_path: Path) -> None:
+    _, batches = random_docs(100)
+    build(tmp_path / "m", "Flat", batches)
+    m = json.loads((tmp_path / "m" / "manifest.json").read_text())
+    for key in ("format_version", "encoder", "metric", "factory", "doc_count", "corpus", "files", "version"):
+        assert key in m
+    assert m["encoder"]["dim"] == DIM and m["doc_count"] == 100 and m["metric"] == "inner_product"

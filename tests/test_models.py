@@ -1,0 +1,102 @@
+"""Bi-encoder and cross-encoder fast paths against sentence-transformers itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from searchpipe.errors import InputError
+from searchpipe.models import precision as precision_mod
+from searchpipe.models.batching import Packed, plan_batches
+from searchpipe.models.biencoder import BiEncoder
+from searchpipe.models.crossencoder import CrossEncoderScorer
+from searchpipe.models.resolve import MINILM_SHA256, resolve_model
+
+TEXTS = [
+    "A bat is a flying mammal.",
+    "x",
+    "The stock market fell sharply on Monday after the central bank raised interest rates " * 6,
+    "Volcanoes form where tectonic plates diverge or converge.",
+    "long " * 400,  # longer than the model's 256 tokens: truncated
+]
+
+
+def test_plan_batches_sorts_by_length_and_respects_budget() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 300, size=500)
+    batches = plan_batches(lengths, token_budget=2048, max_rows=64)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(500))  # every row exactly once
+    longest = [lengths[b].max() for b in batches]
+    assert longest == sorted(longest, reverse=True)  # longest batches first
+    for b in batches:
+        assert len(b) == 1 or lengths[b].max() * len(b) <= 2048
+        assert len(b) <= 64
+
+
+def test_packed_padding_matches_rows() -> None:
+    ids = [[101, 5, 6, 102], [101, 102], [101, 7, 102]]
+    packed = Packed.from_encoding(ids, None)
+    padded, types, mask = packed.pad(np.array([2, 0, 1]), pad_id=0)
+    assert padded.tolist() == [[101, 7, 102, 0], [101, 5, 6, 102], [101, 102, 0, 0]]
+    assert mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    assert types.sum() == 0
+
+
+def test_minilm_alias_is_verified() -> None:
+    ref = resolve_model("minilm")
+    assert ref.weights_sha256 == MINILM_SHA256
+
+
+def test_missing_model_folder_and_offline_hub_name(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        resolve_model(str(tmp_path / "nope"))
+    with pytest.raises(InputError) as err:
+        resolve_model("some-org/some-model")  # HF_HUB_OFFLINE=1 in tests
+    assert "local model folder" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fp32_embeddings_equal_sentence_transformers(encoder: BiEncoder) -> None:
+    st = SentenceTransformer(str(encoder.ref.path), device="cpu")
+    fp32 = BiEncoder(encoder.ref, precision="fp32")
+    ours = fp32.encode(TEXTS)
+    theirs = st.encode(TEXTS, convert_to_numpy=True)
+    assert np.abs(ours - theirs).max() < 1e-5
+    assert fp32.truncated == 1
+
+
+def test_bf16_embeddings_keep_cosine(encoder: BiEncoder) -> None:
+    if not precision_mod.bf16_supported():
+        pytest.skip("this CPU has no native bf16")
+    fp32 = BiEncoder(encoder.ref, precision="fp32").encode(TEXTS)
+    bf16 = BiEncoder(encoder.ref, precision="bf16").encode(TEXTS)
+    cosine = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cosine.min() > 0.999
+
+
+def test_precision_falls_back_to_fp32_without_bf16(monkeypatch: pytest.MonkeyPatch, encoder: BiEncoder) -> None:
+    monkeypatch.setattr(precision_mod, "bf16_supported", lambda device="cpu": False)
+    assert precision_mod.resolve_precision("auto") == "fp32"
+    assert precision_mod.resolve_precision("bf16") == "fp32"
+    assert BiEncoder(encoder.ref, precision="auto").precision == "fp32"
+    with pytest.raises(InputError, match="not one of"):
+        precision_mod.resolve_precision("int4")
+
+
+def test_cross_encoder_scores_equal_predict(cross_encoder_dir: Path) -> None:
+    queries = ["what is a bat?"] * 4 + ["how do volcanoes form?"]
+    docs = ["Bats are flying mammals.", "A baseball bat is made of wood. " * 80, "Caves are dark.", "x", TEXTS[3]]
+    ours = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32")
+    theirs = CrossEncoder(str(cross_encoder_dir), device="cpu").predict(list(zip(queries, docs, strict=True)))
+    assert np.abs(ours.score(queries, docs) - theirs).max() < 1e-5
+    assert ours.truncated == 1
+
+
+def test_cross_encoder_needs_one_logit(tmp_path: Path) -> None:
+    model = CrossEncoder(str(resolve_model("minilm").path), num_labels=3, device="cpu")
+    model.save(str(tmp_path / "three"))
+    with pytest.raises(InputError, match="one-logit head"):
+        CrossEncoderScorer(str(tmp_path / "three"))

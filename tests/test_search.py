@@ -1,0 +1,106 @@
+"""Retrieve, rerank and write on the sample index; evaluation against hand-computed metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+from sentence_transformers import CrossEncoder
+
+from searchpipe import columns as C
+from searchpipe.api import Searcher, search
+from searchpipe.evaluate import evaluate, read_qrels, read_run
+from searchpipe.models.crossencoder import CrossEncoderScorer
+from searchpipe.stages.ingest import read_queries
+from searchpipe.stages.rerank import Rerank
+from searchpipe.stages.write import Write, run_scores
+
+
+def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -> None:
+    searcher = Searcher(sample_index)
+    queries = read_queries(Path(__file__).parents[1] / "searchpipe/data/sample/queries.jsonl")
+    hits = searcher.search_batch(queries, k=5)
+    assert hits.num_rows == 5 * queries.num_rows
+    doc_vectors = encoder.encode(
+        [f"{t} {x}".strip() for t, x in zip(sample_index.docs.column("title").to_pylist(), sample_index.docs.column("text").to_pylist(), strict=True)]
+    )
+    q_vectors = encoder.encode(queries.column("text").to_pylist())
+    exact = np.argsort(-(q_vectors @ doc_vectors.T), axis=1)[:, :5]
+    got = hits.column(C.DOC_ROW).to_numpy().reshape(-1, 5)
+    assert (got[:, 0] == exact[:, 0]).all()
+    assert hits.column(C.RANK).to_pylist()[:5] == [1, 2, 3, 4, 5]
+
+
+def test_rerank_orders_by_cross_encoder_and_keeps_the_tail(sample_index, cross_encoder_dir: Path) -> None:
+    searcher = Searcher(sample_index)
+    queries = pa.table({C.QUERY_ID: ["q1", "q2"], C.TEXT: ["why do onions make you cry", "red planet"]})
+    hits = searcher.search_batch(queries, k=10)
+    scorer = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32")
+    out = pa.Table.from_batches(list(Rerank(scorer, sample_index, depth=4)(hits.to_batches())))
+    assert out.num_rows == hits.num_rows
+    baseline = CrossEncoder(str(cross_encoder_dir), device="cpu")
+    for qid, text in [("q1", "why do onions make you cry"), ("q2", "red planet")]:
+        rows = out.filter(pa.compute.equal(out.column(C.QUERY_ID), qid)).to_pylist()
+        assert [r[C.RANK] for r in rows] == list(range(1, 11))
+        head, tail = rows[:4], rows[4:]
+        docs = sample_index.docs.take([r[C.DOC_ROW] for r in head]).to_pylist()
+        expected = baseline.predict([(text, f"{d['title']} {d['text']}") for d in docs])
+        np.testing.assert_allclose([r[C.RERANK_SCORE] for r in head], expected, atol=1e-5)
+        assert [r[C.RERANK_SCORE] for r in head] == sorted((r[C.RERANK_SCORE] for r in head), reverse=True)
+        assert sorted(r[C.FIRST_STAGE_RANK] for r in head) == [1, 2, 3, 4]
+        assert [r[C.FIRST_STAGE_RANK] for r in tail] == list(range(5, 11))
+        assert all(r[C.RERANK_SCORE] is None for r in tail)
+
+
+def test_run_scores_follow_rank_for_reranked_runs() -> None:
+    table = pa.table(
+        {
+            C.QUERY_ID: ["a"] * 4 + ["b"] * 3,
+            C.RANK: [1, 2, 3, 4, 1, 2, 3],
+            C.SCORE: [0.1, 0.9, 0.5, 0.4, 0.3, 0.2, 0.1],
+            C.RERANK_SCORE: [5.0, 2.0, None, None, -1.0, None, None],
+        }
+    )
+    scores = run_scores(table)
+    assert list(scores[:4]) == sorted(scores[:4], reverse=True)
+    assert list(scores[4:]) == sorted(scores[4:], reverse=True)
+    assert scores[0] == 5.0 and scores[4] == -1.0
+
+
+def test_metrics_match_hand_computation() -> None:
+    qrels = {"q1": {"d1": 1, "d3": 1}, "q2": {"d9": 1}}
+    run = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d5": 1.0}}
+    res = evaluate(run, qrels, metrics=("ndcg@10", "mrr@10", "recall@100", "map"))
+    dcg = 1 + 1 / math.log2(4)
+    idcg = 1 + 1 / math.log2(3)
+    assert res["ndcg@10"] == pytest.approx((dcg / idcg + 0) / 2, abs=1e-6)
+    assert res["mrr@10"] == pytest.approx((1 + 0) / 2)
+    assert res["recall@100"] == pytest.approx((1 + 0) / 2)
+    assert res["map"] == pytest.approx(((1 + 2 / 3) / 2 + 0) / 2, abs=1e-6)
+    assert res["queries"] == 2
+
+
+def test_batch_search_writes_arrow_and_trec_that_score_alike(sample_home: Path, monkeypatch, tmp_path: Path, sample_queries: Path, sample_qrels: Path) -> None:
+    monkeypatch.setenv("SEARCHPIPE_HOME", str(sample_home))
+    arrow, trec = tmp_path / "run.arrow", tmp_path / "run.trec"
+    summary = search(index="sample", queries=sample_queries, output=arrow, k=20)
+    assert summary["queries"] == 12 and summary["rows"] == 240
+    table = ipc.open_file(str(arrow)).read_all()
+    assert set(table.schema.names) >= {C.QUERY_ID, C.DOC_ID, C.SCORE, C.RANK}
+    for _ in Write(trec)(table.to_batches()):
+        pass
+    assert read_run(trec).keys() == read_run(arrow).keys()
+    a, b = evaluate(arrow, sample_qrels), evaluate(trec, sample_qrels)
+    assert a == b and a["ndcg@10"] > 0.8
+    line = trec.read_text().splitlines()[0].split()
+    assert len(line) == 6 and line[1] == "Q0" and line[3] == "1"
+
+
+def test_qrels_formats(tmp_path: Path) -> None:
+    (tmp_path / "beir.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n")
+    (tmp_path / "trec.txt").write_text("q1 0 d1 1\nq1 0 d2 0\n")
+    assert read_qrels(tmp_path / "beir.tsv") == read_qrels(tmp_path / "trec.txt") == {"q1": {"d1": 1, "d2": 0}}
