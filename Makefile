@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/searchpipe run configs/demo.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/searchpipe query sample -k 3 \
+		"Why does chopping onions make you cry?" \
+		"How do honeybees tell each other where the flowers are?" \
+		"Why do planes leave white lines in the sky?"
 
 test: install
 	$(BIN)/ruff check searchpipe tests benchmarks

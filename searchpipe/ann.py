@@ -129,10 +129,10 @@ def embed_chunks(folder: Path) -> Iterator[np.ndarray]:
         yield arrow_to_vectors(batch.column(C.EMBEDDING))
 
 
-def tune_hook(embed_folder: Path, target: float) -> Callable[[Any, Any], None]:
+def tune_hook(embed_folder: Path, target: float) -> Callable[[Any, Any], dict[str, Any]]:
     """A BuildIndex hook: measure and tune the built index before it is committed."""
 
-    def hook(writer: Any, index: Any) -> None:
+    def hook(writer: Any, index: Any) -> dict[str, Any]:
         n = index.ntotal
         rng = np.random.default_rng(0)
         pick = np.sort(rng.choice(n, size=min(n, 4 * N_QUERIES), replace=False))
@@ -140,8 +140,7 @@ def tune_hook(embed_folder: Path, target: float) -> Callable[[Any, Any], None]:
         queries = sample_queries(rows, min(N_QUERIES, n))
         truth = exact_topk(queries, embed_chunks(embed_folder))
         result = tune(index, queries, truth, target)
-        index._searchpipe_params = result["params"]
-        index._searchpipe_manifest = {"ann": result}
+        return {"search_params": result["params"], "ann": result}
 
     return hook
 

@@ -25,7 +25,7 @@ from searchpipe.stages.build import BuildIndex, make_faiss_index
 from searchpipe.stages.embed import Embed
 from searchpipe.stages.ingest import Ingest
 from searchpipe.stages.rerank import Rerank
-from searchpipe.stages.retrieve import Retrieve, hits_batch
+from searchpipe.stages.retrieve import Retrieve
 from searchpipe.stages.write import Write
 
 log = logging.getLogger("searchpipe")
@@ -115,9 +115,43 @@ def build_index(
         from searchpipe.ann import tune_hook
 
         build.hooks.append(tune_hook(work / "02-embed", cfg.target_recall))
+    if cfg.bm25:
+        from searchpipe.stages.bm25 import bm25_hook
+
+        build.hooks.append(bm25_hook)
     for _ in build(with_progress(stream, n_docs, "index", progress)):
         pass
     return Index.open(root)
+
+
+def retrieval_stage(
+    index: Index,
+    k: int,
+    retriever: str = "auto",
+    fusion: str = "rrf",
+    rrf_k: int = 60,
+    dense_weight: float = 1.0,
+    bm25_weight: float = 1.0,
+) -> Any:
+    """The first-stage retriever a search config asks for: dense, BM25, or both fused."""
+    from searchpipe.stages.bm25 import RetrieveBM25
+    from searchpipe.stages.fuse import Fuse
+
+    has_bm25 = "bm25" in index.manifest
+    if retriever == "auto":
+        retriever = "hybrid" if has_bm25 else "dense"
+    if retriever == "dense":
+        return Retrieve(index, k)
+    if retriever == "bm25":
+        return RetrieveBM25(index, k)
+    return Fuse(
+        [Retrieve(index, k), RetrieveBM25(index, k)],
+        ["dense", "bm25"],
+        method=fusion,
+        rrf_k=rrf_k,
+        weights=[dense_weight, bm25_weight],
+        k=k,
+    )
 
 
 def open_index(name: str, index_root: str | Path | None = None) -> Index:
@@ -140,6 +174,9 @@ class Searcher:
         rerank: str | None = None,
         rerank_depth: int = 20,
         precision: str = "auto",
+        retriever: str = "auto",
+        fusion: str = "rrf",
+        rrf_k: int = 60,
         index_root: str | Path | None = None,
     ) -> None:
         from searchpipe.models.biencoder import BiEncoder
@@ -154,10 +191,12 @@ class Searcher:
         self.embed = Embed(self.encoder, fields=(C.TEXT,))
         self.reranker = CrossEncoderScorer(rerank, precision=precision) if rerank else None
         self.rerank_depth = rerank_depth
+        self.retrieval = {"retriever": retriever, "fusion": fusion, "rrf_k": rrf_k}
 
     def stages(self, k: int) -> list[Any]:
         """The query-side stages: embed → retrieve → (rerank)."""
-        stages: list[Any] = [self.embed, Retrieve(self.index, k)]
+        first = retrieval_stage(self.index, k, **self.retrieval)
+        stages: list[Any] = [first] if first.name == "retrieve_bm25" else [self.embed, first]
         if self.reranker is not None:
             stages.append(Rerank(self.reranker, self.index, depth=self.rerank_depth))
         return stages
@@ -199,7 +238,16 @@ def search(
     embed = Embed(
         built["name"], fields=(C.TEXT,), precision=cfg.precision, max_length=built.get("max_length")
     )
-    stages: list[Any] = [ingest, embed, Retrieve(searcher_index, cfg.k)]
+    first = retrieval_stage(
+        searcher_index,
+        cfg.k,
+        cfg.retriever,
+        cfg.fusion,
+        cfg.rrf_k,
+        cfg.dense_weight,
+        cfg.bm25_weight,
+    )
+    stages: list[Any] = [ingest, embed, first] if first.name != "retrieve_bm25" else [ingest, first]
     rerank = None
     if cfg.rerank:
         rerank = Rerank(
@@ -212,9 +260,10 @@ def search(
         stages.append(rerank)
     write = Write(cfg.output)
     Pipeline([*stages, write]).check()
-    embed.open()
-    assert embed.encoder is not None
-    searcher_index.check_encoder(embed.encoder.identity())
+    if embed in stages:
+        embed.open()
+        assert embed.encoder is not None
+        searcher_index.check_encoder(embed.encoder.identity())
     if rerank is not None:
         rerank.open()
     work = runs_dir() / f"search-{searcher_index.name}-{Path(cfg.output).stem}"
@@ -259,4 +308,12 @@ def run_job(config: JobConfig | str | Path, *, progress: bool | None = None) -> 
     return result
 
 
-__all__ = ["Searcher", "build_index", "evaluate", "open_index", "run_job", "search", "hits_batch"]
+__all__ = [
+    "Searcher",
+    "build_index",
+    "evaluate",
+    "open_index",
+    "retrieval_stage",
+    "run_job",
+    "search",
+]

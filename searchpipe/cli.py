@@ -40,6 +40,33 @@ def _emit(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
+retriever_options = [
+    click.option(
+        "--retriever",
+        type=click.Choice(["auto", "hybrid", "dense", "bm25"]),
+        default="auto",
+        show_default=True,
+        help="First stage; auto is hybrid when the index has BM25.",
+    ),
+    click.option(
+        "--fusion",
+        type=click.Choice(["rrf", "weighted"]),
+        default="rrf",
+        show_default=True,
+        help="How hybrid merges dense and BM25.",
+    ),
+    click.option(
+        "--rrf-k", type=int, default=60, show_default=True, help="Reciprocal-rank fusion constant."
+    ),
+]
+
+
+def with_retriever_options(f: Any) -> Any:
+    for option in reversed(retriever_options):
+        f = option(f)
+    return f
+
+
 index_dir_option = click.option(
     "--index-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -53,20 +80,15 @@ index_dir_option = click.option(
 @click.version_option(package_name="searchpipe")
 def main(verbose: int) -> None:
     """searchpipe: semantic search and reranking over Arrow pipelines."""
-    level = logging.WARNING - 10 * verbose if verbose else logging.INFO
+    # our own progress notes at INFO; other libraries' only when asked (-vv)
     logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if verbose >= 2 else logging.WARNING,
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in (
-        "sentence_transformers",
-        "transformers",
-        "huggingface_hub",
-        "urllib3",
-        "httpx",
-        "filelock",
-        "numba",
-    ):
-        logging.getLogger(noisy).setLevel(logging.ERROR if verbose < 2 else logging.DEBUG)
+    logging.getLogger("searchpipe").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for chatty in ("faiss", "bm25s", "numba", "sentence_transformers", "transformers", "filelock"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
 
 
 @main.command()
@@ -97,6 +119,12 @@ def main(verbose: int) -> None:
 @click.option(
     "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True
 )
+@click.option(
+    "--bm25/--no-bm25",
+    default=True,
+    show_default=True,
+    help="Also build a BM25 index (hybrid search).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest summary as JSON.")
 @index_dir_option
 def index(
@@ -107,6 +135,7 @@ def index(
     batch_size: int,
     token_budget: int,
     precision: str,
+    bm25: bool,
     as_json: bool,
     index_dir: Path | None,
 ) -> None:
@@ -118,7 +147,7 @@ def index(
     t0 = time.perf_counter()
     idx = build_index(
         corpus=corpus, name=name, model=model, index_type=index_type, batch_size=batch_size,
-        token_budget=token_budget, precision=precision, index_root=index_dir,
+        token_budget=token_budget, precision=precision, bm25=bm25, index_root=index_dir,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
     summary = _index_summary(idx.manifest)
@@ -149,6 +178,7 @@ def _index_summary(m: dict[str, Any]) -> dict[str, Any]:
 @click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
 @click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
 @click.option("--rerank-depth", type=int, default=20, show_default=True)
+@with_retriever_options
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @index_dir_option
 def query(
@@ -157,16 +187,26 @@ def query(
     k: int,
     rerank: str | None,
     rerank_depth: int,
+    retriever: str,
+    fusion: str,
+    rrf_k: int,
     as_json: bool,
     index_dir: Path | None,
 ) -> None:
     """Search index NAME for one or more free-text QUERIES (models load once)."""
     from searchpipe.api import Searcher
 
-    searcher = Searcher(name, rerank=rerank, rerank_depth=rerank_depth, index_root=index_dir)
+    searcher = Searcher(
+        name, rerank=rerank, rerank_depth=rerank_depth, retriever=retriever, fusion=fusion,
+        rrf_k=rrf_k, index_root=index_dir,
+    )  # fmt: skip
     results = []
     for text in queries:
-        hits = searcher.search(text, k=k).drop_columns(["query_id", "doc_row"]).to_pylist()
+        hits = (
+            searcher.search(text, k=k)
+            .drop_columns(["query_id", "query_text", "doc_row"])
+            .to_pylist()
+        )
         results.append({"query": text, "hits": hits})
         if not as_json:
             click.echo(f"\n{text}")
@@ -197,6 +237,7 @@ def query(
 @click.option("-k", type=int, default=100, show_default=True, help="Hits per query.")
 @click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
 @click.option("--rerank-depth", type=int, default=20, show_default=True)
+@with_retriever_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @index_dir_option
 def search(
@@ -206,6 +247,9 @@ def search(
     k: int,
     rerank: str | None,
     rerank_depth: int,
+    retriever: str,
+    fusion: str,
+    rrf_k: int,
     as_json: bool,
     index_dir: Path | None,
 ) -> None:
@@ -213,14 +257,9 @@ def search(
     from searchpipe.api import search as run_search
 
     summary = run_search(
-        index=name,
-        queries=queries,
-        output=output,
-        k=k,
-        rerank=rerank,
-        rerank_depth=rerank_depth,
-        index_root=index_dir,
-    )
+        index=name, queries=queries, output=output, k=k, rerank=rerank, rerank_depth=rerank_depth,
+        retriever=retriever, fusion=fusion, rrf_k=rrf_k, index_root=index_dir,
+    )  # fmt: skip
     if as_json:
         _emit(summary)
     else:

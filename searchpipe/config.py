@@ -35,6 +35,7 @@ class IndexConfig(StrictModel):
     max_length: int | None = Field(default=None, ge=8)  # truncate docs (default: model's)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     target_recall: float = Field(default=0.95, gt=0, le=1)  # ANN indexes are tuned to reach it
+    bm25: bool = True  # also build a BM25 index (bm25s), for hybrid and lexical search
 
 
 class SearchConfig(StrictModel):
@@ -44,6 +45,13 @@ class SearchConfig(StrictModel):
     queries: Path
     output: Path
     k: int = Field(default=100, ge=1)
+    retriever: Literal["auto", "hybrid", "dense", "bm25"] = (
+        "auto"  # auto: hybrid if the index has BM25
+    )
+    fusion: Literal["rrf", "weighted"] = "rrf"
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=1.0, ge=0)
+    bm25_weight: float = Field(default=1.0, ge=0)
     rerank: str | None = None
     rerank_depth: int = Field(default=20, ge=1)
     rerank_batch_tokens: int = Field(default=16384, ge=64)

@@ -34,7 +34,9 @@ def sample_qrels() -> Path:
 def scifact() -> Path:
     path = SHARED / "scifact"
     if not (path / "corpus.jsonl").is_file():
-        pytest.skip(f"SciFact not found at {path}: these checks need ../shared/data/scifact beside the repo")
+        pytest.skip(
+            f"SciFact not found at {path}: these checks need ../shared/data/scifact beside the repo"
+        )
     return path
 
 

@@ -26,7 +26,9 @@ def test_every_command_has_help(runner: CliRunner) -> None:
         assert result.exit_code == 0 and "Usage:" in result.output
 
 
-def test_index_query_search_eval_info(home: Path, runner: CliRunner, sample_corpus: Path, sample_queries: Path, sample_qrels: Path) -> None:
+def test_index_query_search_eval_info(
+    home: Path, runner: CliRunner, sample_corpus: Path, sample_queries: Path, sample_qrels: Path
+) -> None:
     small = home / "small.jsonl"
     small.write_text("".join(sample_corpus.read_text().splitlines(keepends=True)[:60]))
     result = invoke(runner, "index", small, "--name", "s", "--json")
@@ -39,13 +41,25 @@ def test_index_query_search_eval_info(home: Path, runner: CliRunner, sample_corp
     hits = json.loads(result.stdout)["results"][0]["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["doc_id"] == "d011"
 
-    result = invoke(runner, "search", "s", "--queries", sample_queries, "--output", home / "run.trec", "-k", "10")
+    result = invoke(
+        runner,
+        "search",
+        "s",
+        "--queries",
+        sample_queries,
+        "--output",
+        home / "run.trec",
+        "-k",
+        "10",
+    )
     assert result.exit_code == 0 and (home / "run.trec").exists()
 
     result = invoke(runner, "eval", home / "run.trec", "--qrels", sample_qrels, "--json")
     assert result.exit_code == 0
     scores = json.loads(result.stdout)
-    assert {"ndcg@10", "mrr@10", "recall@100", "queries"} <= scores.keys() and scores["queries"] == 12
+    assert {"ndcg@10", "mrr@10", "recall@100", "queries"} <= scores.keys() and scores[
+        "queries"
+    ] == 12
 
     result = invoke(runner, "info", "s")
     assert result.exit_code == 0 and "minilm" in result.output and "Flat" in result.output
@@ -53,7 +67,11 @@ def test_index_query_search_eval_info(home: Path, runner: CliRunner, sample_corp
 
 def test_run_config(home: Path, runner: CliRunner) -> None:
     cfg = Path(__file__).parents[1] / "configs" / "demo.yaml"
-    text = cfg.read_text().replace("../", str(cfg.parent.parent) + "/").replace(str(cfg.parent.parent) + "/runs", str(home / "runs"))
+    text = (
+        cfg.read_text()
+        .replace("../", str(cfg.parent.parent) + "/")
+        .replace(str(cfg.parent.parent) + "/runs", str(home / "runs"))
+    )
     (home / "demo.yaml").write_text(text)
     result = invoke(runner, "run", home / "demo.yaml", "--json")
     assert result.exit_code == 0, result.output
@@ -69,25 +87,34 @@ def test_run_config(home: Path, runner: CliRunner) -> None:
         (["index", "nope.jsonl", "--name", "x"], "does not exist"),
         (["index", "bad.jsonl", "--name", "x"], "bad.jsonl:2"),
         (["index", "empty.jsonl", "--name", "x"], "no records"),
-        (["index", "ok.jsonl", "--name", "x", "--index-type", "Flatt"], "not a FAISS factory string"),
+        (
+            ["index", "ok.jsonl", "--name", "x", "--index-type", "Flatt"],
+            "not a FAISS factory string",
+        ),
         (["index", "ok.jsonl", "--name", "x", "--model", "no/such/folder"], "does not exist"),
         (["index", "ok.jsonl", "--name", "x", "--model", "org/model"], "local model folder"),
         (["run", "unknown-key.yaml"], "unknown key 'index.modle'"),
         (["eval", "nope.arrow", "--qrels", "q.tsv"], "does not exist"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(home: Path, runner: CliRunner, args: list[str], message: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    home: Path, runner: CliRunner, args: list[str], message: str
+) -> None:
     (home / "bad.jsonl").write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": \n')
     (home / "empty.jsonl").write_text("")
     (home / "ok.jsonl").write_text('{"_id": "a", "text": "fine"}\n')
-    (home / "unknown-key.yaml").write_text("index:\n  name: x\n  corpus: ok.jsonl\n  modle: minilm\n")
+    (home / "unknown-key.yaml").write_text(
+        "index:\n  name: x\n  corpus: ok.jsonl\n  modle: minilm\n"
+    )
     (home / "q.tsv").write_text("q1\td1\t1\n")
     result = runner.invoke(main, args)
     assert result.exit_code == 2, result.output
     assert message in result.stderr
     assert "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1
-    assert not (home / "indexes" / "x").exists() or not any((home / "indexes" / "x").glob("v*")), "no half-written index"
+    assert not (home / "indexes" / "x").exists() or not any((home / "indexes" / "x").glob("v*")), (
+        "no half-written index"
+    )
 
 
 def test_encoder_mismatch_is_refused(home: Path, runner: CliRunner, tmp_path: Path) -> None:
@@ -95,9 +122,13 @@ def test_encoder_mismatch_is_refused(home: Path, runner: CliRunner, tmp_path: Pa
     from searchpipe.errors import InputError
     from searchpipe.models.crossencoder import make_untrained_cross_encoder
 
-    (home / "ok.jsonl").write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "also fine"}\n')
+    (home / "ok.jsonl").write_text(
+        '{"_id": "a", "text": "fine"}\n{"_id": "b", "text": "also fine"}\n'
+    )
     assert invoke(runner, "index", home / "ok.jsonl", "--name", "m").exit_code == 0
-    other = make_untrained_cross_encoder("minilm", str(tmp_path / "other"))  # same shape, other weights
+    other = make_untrained_cross_encoder(
+        "minilm", str(tmp_path / "other")
+    )  # same shape, other weights
     with pytest.raises(InputError, match="was built with model 'minilm'"):
         Searcher("m", model=other)
 
@@ -106,5 +137,7 @@ def test_python_m_searchpipe_is_the_cli() -> None:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "searchpipe", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "searchpipe", "--help"], capture_output=True, text=True, check=True
+    )
     assert "index" in out.stdout and "query" in out.stdout

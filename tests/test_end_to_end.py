@@ -10,7 +10,13 @@ from searchpipe.api import build_index, search
 from searchpipe.evaluate import evaluate
 
 
-def test_sample_corpus_quality_is_pinned(sample_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sample_queries: Path, sample_qrels: Path) -> None:
+def test_sample_corpus_quality_is_pinned(
+    sample_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    sample_queries: Path,
+    sample_qrels: Path,
+) -> None:
     monkeypatch.setenv("SEARCHPIPE_HOME", str(sample_home))
     search(index="sample", queries=sample_queries, output=tmp_path / "run.arrow", k=100)
     scores = evaluate(tmp_path / "run.arrow", sample_qrels)

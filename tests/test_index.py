@@ -41,11 +41,26 @@ def random_docs(n: int, seed: int = 0) -> tuple[np.ndarray, list[pa.RecordBatch]
     return vectors, batches
 
 
-ENCODER = {"name": "test", "weights_sha256": "0" * 64, "pooling": "mean", "normalize": True, "dim": DIM, "max_length": 16}
+ENCODER = {
+    "name": "test",
+    "weights_sha256": "0" * 64,
+    "pooling": "mean",
+    "normalize": True,
+    "dim": DIM,
+    "max_length": 16,
+}
 
 
-def build(root: Path, factory: str, batches: list[pa.RecordBatch], hooks: list | None = None) -> Index:
-    stage = BuildIndex(root, factory, ENCODER, {"corpus": {"path": "x", "sha256": "y"}}, n_docs=sum(b.num_rows for b in batches))
+def build(
+    root: Path, factory: str, batches: list[pa.RecordBatch], hooks: list | None = None
+) -> Index:
+    stage = BuildIndex(
+        root,
+        factory,
+        ENCODER,
+        {"corpus": {"path": "x", "sha256": "y"}},
+        n_docs=sum(b.num_rows for b in batches),
+    )
     stage.hooks = hooks or []
     for _ in stage(iter(batches)):
         pass
@@ -96,7 +111,9 @@ def test_recall_measurement_is_exact() -> None:
     vectors, _ = random_docs(500)
     q = sample_queries(vectors, 20)
     chunks = iter([vectors[:123], vectors[123:400], vectors[400:]])
-    assert (np.sort(exact_topk(q, chunks), 1) == np.sort(np.argsort(-(q @ vectors.T), 1)[:, :10], 1)).all()
+    assert (
+        np.sort(exact_topk(q, chunks), 1) == np.sort(np.argsort(-(q @ vectors.T), 1)[:, :10], 1)
+    ).all()
 
 
 def test_tune_stops_at_smallest_setting_reaching_target() -> None:
@@ -108,7 +125,9 @@ def test_tune_stops_at_smallest_setting_reaching_target() -> None:
     result = tune(index, q, truth, target=0.99)
     assert result["recall@10"] >= 0.99
     low = tune(index, q, truth, target=0.01)
-    assert low["params"]["efSearch"] == 16 and low["params"]["efSearch"] < result["params"]["efSearch"]
+    assert (
+        low["params"]["efSearch"] == 16 and low["params"]["efSearch"] < result["params"]["efSearch"]
+    )
 
 
 def test_choose_factory_by_size() -> None:
@@ -187,6 +206,15 @@ def test_manifest_describes_the_index(tmp_path: Path) -> None:
     _, batches = random_docs(100)
     build(tmp_path / "m", "Flat", batches)
     m = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    for key in ("format_version", "encoder", "metric", "factory", "doc_count", "corpus", "files", "version"):
+    for key in (
+        "format_version",
+        "encoder",
+        "metric",
+        "factory",
+        "doc_count",
+        "corpus",
+        "files",
+        "version",
+    ):
         assert key in m
     assert m["encoder"]["dim"] == DIM and m["doc_count"] == 100 and m["metric"] == "inner_product"

@@ -41,7 +41,9 @@ def test_jsonl_gives_corpus_columns_and_metadata(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "arrow", "beir"])
 def test_other_formats_read_the_same(tmp_path: Path, fmt: str) -> None:
-    src = pa.table({"_id": ["a", "b", "c"], "title": ["Alpha", "", ""], "text": [d["text"] for d in DOCS]})
+    src = pa.table(
+        {"_id": ["a", "b", "c"], "title": ["Alpha", "", ""], "text": [d["text"] for d in DOCS]}
+    )
     if fmt == "csv":
         path = tmp_path / "c.csv"
         pcsv.write_csv(src, path)
@@ -79,18 +81,35 @@ def test_queries_jsonl_and_tsv(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "content, expected",
     [
-        (b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "broken\n', ["c.jsonl:2", "malformed JSON"]),
+        (
+            b'{"_id": "a", "text": "ok"}\n{"_id": "b", "text": "broken\n',
+            ["c.jsonl:2", "malformed JSON"],
+        ),
         (b'{"_id": "a", "text": "ok"}\n{"_id": "b"}\n', ["c.jsonl:line 2", "'text'", "missing"]),
         (b'{"_id": "a", "text": "   "}\n', ["c.jsonl:line 1", "empty"]),
-        (b'{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n', ["line 2", "duplicate doc id 'a'", "line 1"]),
+        (
+            b'{"_id": "a", "text": "x"}\n{"_id": "a", "text": "y"}\n',
+            ["line 2", "duplicate doc id 'a'", "line 1"],
+        ),
         (b'{"_id": "a", "text": "caf\xe9"}\n', ["c.jsonl:1", "not UTF-8", "0xe9"]),
         (b"", ["no records"]),
         (b'{"text": "no id"}\n', ["line 1", "no id field"]),
-        (b'[1, 2]\n', ["line 1", "JSON object"]),
+        (b"[1, 2]\n", ["line 1", "JSON object"]),
     ],
-    ids=["malformed", "missing-text", "empty-text", "duplicate-id", "non-utf8", "empty-corpus", "no-id", "not-object"],
+    ids=[
+        "malformed",
+        "missing-text",
+        "empty-text",
+        "duplicate-id",
+        "non-utf8",
+        "empty-corpus",
+        "no-id",
+        "not-object",
+    ],
 )
-def test_bad_jsonl_is_named_by_file_and_line(tmp_path: Path, content: bytes, expected: list[str]) -> None:
+def test_bad_jsonl_is_named_by_file_and_line(
+    tmp_path: Path, content: bytes, expected: list[str]
+) -> None:
     path = tmp_path / "c.jsonl"
     path.write_bytes(content)
     with pytest.raises(InputError) as err:

@@ -77,7 +77,9 @@ def test_bf16_embeddings_keep_cosine(encoder: BiEncoder) -> None:
     assert cosine.min() > 0.999
 
 
-def test_precision_falls_back_to_fp32_without_bf16(monkeypatch: pytest.MonkeyPatch, encoder: BiEncoder) -> None:
+def test_precision_falls_back_to_fp32_without_bf16(
+    monkeypatch: pytest.MonkeyPatch, encoder: BiEncoder
+) -> None:
     monkeypatch.setattr(precision_mod, "bf16_supported", lambda device="cpu": False)
     assert precision_mod.resolve_precision("auto") == "fp32"
     assert precision_mod.resolve_precision("bf16") == "fp32"
@@ -88,9 +90,17 @@ def test_precision_falls_back_to_fp32_without_bf16(monkeypatch: pytest.MonkeyPat
 
 def test_cross_encoder_scores_equal_predict(cross_encoder_dir: Path) -> None:
     queries = ["what is a bat?"] * 4 + ["how do volcanoes form?"]
-    docs = ["Bats are flying mammals.", "A baseball bat is made of wood. " * 80, "Caves are dark.", "x", TEXTS[3]]
+    docs = [
+        "Bats are flying mammals.",
+        "A baseball bat is made of wood. " * 80,
+        "Caves are dark.",
+        "x",
+        TEXTS[3],
+    ]
     ours = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32")
-    theirs = CrossEncoder(str(cross_encoder_dir), device="cpu").predict(list(zip(queries, docs, strict=True)))
+    theirs = CrossEncoder(str(cross_encoder_dir), device="cpu").predict(
+        list(zip(queries, docs, strict=True))
+    )
     assert np.abs(ours.score(queries, docs) - theirs).max() < 1e-5
     assert ours.truncated == 1
 

@@ -51,7 +51,9 @@ def test_missing_columns_are_named_before_any_model_loads(sample_corpus: Path) -
         Pipeline([Ingest(sample_corpus), ExplodingModel()]).check()
     assert "stage 2 (exploding) needs column(s) no_such_column" in str(err.value)
     assert "doc_id" in str(err.value)  # says what is available
-    with pytest.raises(InputError, match=r"rerank\) needs column\(s\) query_id, query_text, doc_row"):
+    with pytest.raises(
+        InputError, match=r"rerank\) needs column\(s\) query_id, query_text, doc_row"
+    ):
         Pipeline([Ingest(sample_corpus), Embed("minilm"), Rerank("unused", index=None)]).check()  # type: ignore[arg-type]
 
 
@@ -69,9 +71,17 @@ def sha(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def test_batch_job_skips_unchanged_and_resumes_after_a_crash(tmp_path: Path, sample_corpus: Path) -> None:
+def test_batch_job_skips_unchanged_and_resumes_after_a_crash(
+    tmp_path: Path, sample_corpus: Path
+) -> None:
     def job(stage: Stage, work: Path) -> pa.Table:
-        return pa.Table.from_batches(list(Pipeline([Ingest(sample_corpus, batch_rows=40), stage]).run_job(work, progress=False)))
+        return pa.Table.from_batches(
+            list(
+                Pipeline([Ingest(sample_corpus, batch_rows=40), stage]).run_job(
+                    work, progress=False
+                )
+            )
+        )
 
     clean = job(Upper(), tmp_path / "clean")
     assert clean.num_rows == 300 and (tmp_path / "clean" / "02-upper" / "_done.json").exists()
@@ -102,4 +112,7 @@ def test_stage_outputs_are_inspectable_arrow(tmp_path: Path, sample_corpus: Path
 def test_in_memory_pipeline_over_a_table(sample_corpus: Path) -> None:
     table = pa.Table.from_batches(list(Ingest(sample_corpus).read()))
     out = Pipeline([Upper()]).run(table)
-    assert out is not None and out.column("upper")[0].as_py() == table.column("text")[0].as_py().upper()
+    assert (
+        out is not None
+        and out.column("upper")[0].as_py() == table.column("text")[0].as_py().upper()
+    )

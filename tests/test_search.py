@@ -26,7 +26,14 @@ def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -
     hits = searcher.search_batch(queries, k=5)
     assert hits.num_rows == 5 * queries.num_rows
     doc_vectors = encoder.encode(
-        [f"{t} {x}".strip() for t, x in zip(sample_index.docs.column("title").to_pylist(), sample_index.docs.column("text").to_pylist(), strict=True)]
+        [
+            f"{t} {x}".strip()
+            for t, x in zip(
+                sample_index.docs.column("title").to_pylist(),
+                sample_index.docs.column("text").to_pylist(),
+                strict=True,
+            )
+        ]
     )
     q_vectors = encoder.encode(queries.column("text").to_pylist())
     exact = np.argsort(-(q_vectors @ doc_vectors.T), axis=1)[:, :5]
@@ -35,9 +42,13 @@ def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -
     assert hits.column(C.RANK).to_pylist()[:5] == [1, 2, 3, 4, 5]
 
 
-def test_rerank_orders_by_cross_encoder_and_keeps_the_tail(sample_index, cross_encoder_dir: Path) -> None:
+def test_rerank_orders_by_cross_encoder_and_keeps_the_tail(
+    sample_index, cross_encoder_dir: Path
+) -> None:
     searcher = Searcher(sample_index)
-    queries = pa.table({C.QUERY_ID: ["q1", "q2"], C.TEXT: ["why do onions make you cry", "red planet"]})
+    queries = pa.table(
+        {C.QUERY_ID: ["q1", "q2"], C.TEXT: ["why do onions make you cry", "red planet"]}
+    )
     hits = searcher.search_batch(queries, k=10)
     scorer = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32")
     out = pa.Table.from_batches(list(Rerank(scorer, sample_index, depth=4)(hits.to_batches())))
@@ -50,7 +61,9 @@ def test_rerank_orders_by_cross_encoder_and_keeps_the_tail(sample_index, cross_e
         docs = sample_index.docs.take([r[C.DOC_ROW] for r in head]).to_pylist()
         expected = baseline.predict([(text, f"{d['title']} {d['text']}") for d in docs])
         np.testing.assert_allclose([r[C.RERANK_SCORE] for r in head], expected, atol=1e-5)
-        assert [r[C.RERANK_SCORE] for r in head] == sorted((r[C.RERANK_SCORE] for r in head), reverse=True)
+        assert [r[C.RERANK_SCORE] for r in head] == sorted(
+            (r[C.RERANK_SCORE] for r in head), reverse=True
+        )
         assert sorted(r[C.FIRST_STAGE_RANK] for r in head) == [1, 2, 3, 4]
         assert [r[C.FIRST_STAGE_RANK] for r in tail] == list(range(5, 11))
         assert all(r[C.RERANK_SCORE] is None for r in tail)
@@ -84,7 +97,9 @@ def test_metrics_match_hand_computation() -> None:
     assert res["queries"] == 2
 
 
-def test_batch_search_writes_arrow_and_trec_that_score_alike(sample_home: Path, monkeypatch, tmp_path: Path, sample_queries: Path, sample_qrels: Path) -> None:
+def test_batch_search_writes_arrow_and_trec_that_score_alike(
+    sample_home: Path, monkeypatch, tmp_path: Path, sample_queries: Path, sample_qrels: Path
+) -> None:
     monkeypatch.setenv("SEARCHPIPE_HOME", str(sample_home))
     arrow, trec = tmp_path / "run.arrow", tmp_path / "run.trec"
     summary = search(index="sample", queries=sample_queries, output=arrow, k=20)
@@ -103,4 +118,8 @@ def test_batch_search_writes_arrow_and_trec_that_score_alike(sample_home: Path, 
 def test_qrels_formats(tmp_path: Path) -> None:
     (tmp_path / "beir.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t0\n")
     (tmp_path / "trec.txt").write_text("q1 0 d1 1\nq1 0 d2 0\n")
-    assert read_qrels(tmp_path / "beir.tsv") == read_qrels(tmp_path / "trec.txt") == {"q1": {"d1": 1, "d2": 0}}
+    assert (
+        read_qrels(tmp_path / "beir.tsv")
+        == read_qrels(tmp_path / "trec.txt")
+        == {"q1": {"d1": 1, "d2": 0}}
+    )

@@ -58,7 +58,7 @@ class CrossEncoderScorer:
         self.token_budget = token_budget
         self.batch_size = batch_size
         self.tokenizer = self.model.tokenizer
-        limit = self.model.max_length or self.tokenizer.model_max_length or 512
+        limit = self.model.max_seq_length or self.tokenizer.model_max_length or 512
         self.max_length = min(max_length or limit, limit, 512)
         self.truncated = 0
 

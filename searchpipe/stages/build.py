@@ -79,7 +79,8 @@ class BuildIndex(Stage):
         self.n_docs = n_docs
         self.precision = precision
         self.result: dict[str, Any] | None = None
-        self.hooks: list[Any] = []  # called as hook(writer, faiss_index) before commit
+        #: called as hook(writer, faiss_index) before commit; each returns manifest fields to add
+        self.hooks: list[Any] = []
 
     def settings(self) -> dict[str, Any]:
         return {"factory": self.factory, "encoder": self.encoder}
@@ -131,8 +132,9 @@ class BuildIndex(Stage):
                     self._train(index, pending)
                     for v in pending:
                         index.add(v)
+            extra: dict[str, Any] = {}
             for hook in self.hooks:
-                hook(writer, index)
+                extra.update(hook(writer, index))
             faiss.write_index(index, str(writer.path(FAISS_FILE)))
             fields = {
                 **self.manifest_fields,
@@ -141,9 +143,9 @@ class BuildIndex(Stage):
                 "normalized": bool(self.encoder.get("normalize")),
                 "factory": self.factory,
                 "doc_count": int(index.ntotal),
-                "search_params": getattr(index, "_searchpipe_params", {}),
+                "search_params": {},
+                **extra,
             }
-            fields.update(getattr(index, "_searchpipe_manifest", {}))
             self.result = writer.commit(fields)
 
     def _train(self, index: Any, pending: list[np.ndarray]) -> None:

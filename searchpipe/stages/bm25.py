@@ -1,0 +1,123 @@
+"""BM25: a lexical index beside FAISS (bm25s), and the stage that retrieves from it.
+
+Documents are ``title + text``, lower-cased, English stopwords removed, Snowball-stemmed
+(PyStemmer). The index is built from the doc store while a new index version is staged, so
+it is covered by the manifest's checksums and committed with the vectors. Files are saved by
+bm25s as NumPy arrays and JSON (no pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from searchpipe import columns as C
+from searchpipe.stages.base import Stage
+from searchpipe.stages.embed import joined_text
+from searchpipe.stages.retrieve import hits_batch
+
+BM25_DIR = "bm25"
+SETTINGS = {"stopwords": "en", "stemmer": "english", "k1": 1.5, "b": 0.75, "method": "lucene"}
+
+
+def _tokenizer() -> Any:
+    import Stemmer
+    from bm25s.tokenization import Tokenizer
+
+    return Tokenizer(stopwords=SETTINGS["stopwords"], stemmer=Stemmer.Stemmer(SETTINGS["stemmer"]))
+
+
+def build_bm25(docs: Iterable[pa.RecordBatch], folder: Path) -> dict[str, Any]:
+    """Tokenize the doc store batch by batch and save a BM25 index in ``folder``."""
+    import bm25s
+
+    tokenizer = _tokenizer()
+    ids: list[list[int]] = []
+    for batch in docs:
+        text = joined_text(batch, (C.TITLE, C.TEXT))
+        ids.extend(
+            tokenizer.tokenize(text, update_vocab=True, return_as="ids", show_progress=False)
+        )
+    model = bm25s.BM25(k1=SETTINGS["k1"], b=SETTINGS["b"], method=SETTINGS["method"])
+    model.index(tokenizer.to_tokenized_tuple(ids), show_progress=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(str(folder), show_progress=False)
+    tokenizer.save_vocab(str(folder))
+    tokenizer.save_stopwords(str(folder))
+    return {"bm25": {**SETTINGS, "vocab": len(tokenizer.get_vocab_dict()), "docs": len(ids)}}
+
+
+def bm25_hook(writer: Any, index: Any) -> dict[str, Any]:
+    """A BuildIndex hook: build BM25 from the staged doc store, into the staged version."""
+    import pyarrow.ipc as ipc
+
+    from searchpipe.index import DOCS_FILE
+
+    with pa.memory_map(str(writer.path(DOCS_FILE))) as source:
+        reader = ipc.open_file(source)
+        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        return build_bm25(batches, writer.path(BM25_DIR))
+
+
+class BM25Index:
+    """A loaded BM25 index with its tokenizer."""
+
+    def __init__(self, folder: Path) -> None:
+        import bm25s
+
+        self.model = bm25s.BM25.load(str(folder), mmap=True, show_progress=False)
+        self.tokenizer = _tokenizer()
+        self.tokenizer.load_vocab(str(folder))
+        self.tokenizer.load_stopwords(str(folder))
+
+    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) scores and doc store rows; rows without a matching term are -1."""
+        ids = self.tokenizer.tokenize(
+            queries, update_vocab=False, return_as="ids", show_progress=False
+        )
+        k = min(k, self.model.scores["num_docs"])
+        rows, scores = self.model.retrieve(
+            self.tokenizer.to_tokenized_tuple(ids), k=k, show_progress=False, n_threads=1
+        )
+        rows = np.where(scores > 0, rows, -1).astype(np.int64)
+        return scores.astype(np.float32), rows
+
+
+class RetrieveBM25(Stage):
+    """Lexical retrieval: the ``k`` best BM25 matches of each query's text.
+
+    >>> RetrieveBM25(index, k=100)  # doctest: +SKIP
+    """
+
+    name = "retrieve_bm25"
+    requires = (C.QUERY_ID, C.TEXT)
+    provides = (C.QUERY_ID, C.QUERY_TEXT, C.DOC_ID, C.DOC_ROW, C.SCORE, C.RANK)
+
+    def __init__(self, index: Any, k: int = 100) -> None:
+        from searchpipe.errors import InputError
+
+        self.index = index
+        self.k = k
+        folder = index.version_dir / BM25_DIR
+        if not folder.is_dir():
+            raise InputError(
+                f"index {index.name} has no BM25 index; rebuild it with BM25 on (the default), "
+                "or search with retriever 'dense'"
+            )
+        self.bm25 = BM25Index(folder)
+
+    def output_columns(self, available: set[str]) -> set[str]:
+        return set(self.provides)
+
+    def settings(self) -> dict[str, Any]:
+        m = self.index.manifest
+        return {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
+
+    def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            scores, rows = self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)
+            yield hits_batch(batch, scores, rows, self.index.docs)
