@@ -91,7 +91,9 @@ def build_index(
                 embed.fingerprint(ingest.fingerprint(ingest.fingerprint_source())),
                 factory,
                 cfg.target_recall,
+                cfg.bm25,
             ]
+
         ).encode()
     ).hexdigest()
     if (root / "manifest.json").exists() and read_manifest(root).get(

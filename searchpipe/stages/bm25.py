@@ -8,6 +8,7 @@ bm25s as NumPy arrays and JSON (no pickle).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ def _tokenizer() -> Any:
 def build_bm25(docs: Iterable[pa.RecordBatch], folder: Path) -> dict[str, Any]:
     """Tokenize the doc store batch by batch and save a BM25 index in ``folder``."""
     import bm25s
+
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # it sets DEBUG on import
 
     tokenizer = _tokenizer()
     ids: list[list[int]] = []
