@@ -107,7 +107,11 @@ def main(verbose: int) -> None:
     help="FAISS factory string (Flat, HNSW32, IVF256,Flat, ...) or 'auto'.",
 )
 @click.option(
-    "--batch-size", type=int, default=64, show_default=True, help="Most documents per forward pass."
+    "--batch-size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Most documents per forward pass.",
 )
 @click.option(
     "--token-budget",

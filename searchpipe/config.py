@@ -30,7 +30,8 @@ class IndexConfig(StrictModel):
     corpus: Path
     model: str = "minilm"
     index_type: str = "Flat"  # a FAISS factory string, or "auto"
-    batch_size: int = Field(default=64, ge=1)  # docs per forward pass; see token_budget
+    batch_size: int = Field(default=256, ge=1)  # most docs per forward pass; see token_budget
+
     token_budget: int = Field(default=16384, ge=64)  # padded tokens per forward pass
     max_length: int | None = Field(default=None, ge=8)  # truncate docs (default: model's)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
