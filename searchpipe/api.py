@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from searchpipe import columns as C
+from searchpipe import timing
 from searchpipe.config import IndexConfig, JobConfig, SearchConfig, validate
 from searchpipe.errors import InputError
 from searchpipe.evaluate import evaluate
@@ -93,7 +95,6 @@ def build_index(
                 cfg.target_recall,
                 cfg.bm25,
             ]
-
         ).encode()
     ).hexdigest()
     if (root / "manifest.json").exists() and read_manifest(root).get(
@@ -194,30 +195,53 @@ class Searcher:
         self.reranker = CrossEncoderScorer(rerank, precision=precision) if rerank else None
         self.rerank_depth = rerank_depth
         self.retrieval = {"retriever": retriever, "fusion": fusion, "rrf_k": rrf_k}
+        self._stages: dict[int, list[Any]] = {}
 
     def stages(self, k: int) -> list[Any]:
-        """The query-side stages: embed → retrieve → (rerank)."""
-        first = retrieval_stage(self.index, k, **self.retrieval)
-        stages: list[Any] = [first] if first.name == "retrieve_bm25" else [self.embed, first]
-        if self.reranker is not None:
-            stages.append(Rerank(self.reranker, self.index, depth=self.rerank_depth))
-        return stages
+        """The query-side stages for ``k`` hits: embed → retrieve → (rerank), built once."""
+        if k not in self._stages:
+            first = retrieval_stage(self.index, k, **self.retrieval)
+            stages: list[Any] = [first] if first.name == "retrieve_bm25" else [self.embed, first]
+            if self.reranker is not None:
+                stages.append(Rerank(self.reranker, self.index, depth=self.rerank_depth))
+            Pipeline(stages).check([C.QUERY_ID, C.TEXT])
+            self._stages[k] = stages
+        return self._stages[k]
 
-    def search_batch(self, queries: pa.Table, k: int = 10) -> pa.Table:
-        """Hits for a table of queries (``query_id``, ``text``), one row per (query, hit)."""
-        result = Pipeline(self.stages(k)).run(queries)
-        return result if result is not None else pa.table({})
+    def search_batch(
+        self, queries: pa.Table, k: int = 10, profile: dict[str, float] | None = None
+    ) -> pa.Table:
+        """Hits for a table of queries (``query_id``, ``text``), one row per (query, hit).
 
-    def search(self, query: str, k: int = 10) -> pa.Table:
+        With ``profile``, adds the seconds spent in each stage (and in the model forward
+        passes, FAISS and BM25 inside them) to it.
+        """
+        batches = queries.to_batches()
+        timing.reset()
+        for stage in self.stages(k):
+            t0 = time.perf_counter()
+            batches = list(stage(batches))
+            if profile is not None:
+                profile[stage.name] = profile.get(stage.name, 0.0) + time.perf_counter() - t0
+        if profile is not None:
+            for name, seconds in timing.seconds.items():
+                profile[name] = profile.get(name, 0.0) + seconds
+        return pa.Table.from_batches(batches) if batches else pa.table({})
+
+    def search(self, query: str, k: int = 10, profile: dict[str, float] | None = None) -> pa.Table:
         """Ranked hits for one query, with their title and text."""
         if not query.strip():
             raise InputError("the query is empty; pass some text to search for")
         queries = pa.table({C.QUERY_ID: ["q"], C.TEXT: [query]})
-        hits = self.search_batch(queries, k)
+        hits = self.search_batch(queries, k, profile)
+        t0 = time.perf_counter()
         docs = self.index.docs.take(hits.column(C.DOC_ROW))
-        return hits.append_column(C.TITLE, docs.column(C.TITLE)).append_column(
+        out = hits.append_column(C.TITLE, docs.column(C.TITLE)).append_column(
             C.TEXT, docs.column(C.TEXT)
         )
+        if profile is not None:
+            profile["io"] = profile.get("io", 0.0) + time.perf_counter() - t0
+        return out
 
 
 def search(

@@ -330,6 +330,64 @@ def run(config: Path, as_json: bool) -> None:
 
 @main.command()
 @click.argument("name")
+@click.option(
+    "--queries",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Queries file (default: titles from the index's doc store).",
+)
+@click.option("-n", "count", type=int, default=100, show_default=True, help="Queries to time.")
+@click.option("-k", type=int, default=10, show_default=True)
+@click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
+@click.option("--rerank-depth", type=int, default=20, show_default=True)
+@with_retriever_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@index_dir_option
+def bench(
+    name: str,
+    queries: Path | None,
+    count: int,
+    k: int,
+    rerank: str | None,
+    rerank_depth: int,
+    retriever: str,
+    fusion: str,
+    rrf_k: int,
+    as_json: bool,
+    index_dir: Path | None,
+) -> None:
+    """Time queries on index NAME one by one: p50/p95 and where the time goes."""
+    from searchpipe.api import Searcher
+    from searchpipe.bench import PARTS, measure
+    from searchpipe.stages.ingest import read_queries
+
+    searcher = Searcher(
+        name, rerank=rerank, rerank_depth=rerank_depth, retriever=retriever, fusion=fusion,
+        rrf_k=rrf_k, index_root=index_dir,
+    )  # fmt: skip
+    if queries is not None:
+        texts = read_queries(queries).column("text").to_pylist()[:count]
+    else:
+        titles = searcher.index.docs.column("title").to_pylist()
+        texts = [t for t in titles if t][:count] or searcher.index.docs.column("text").to_pylist()[
+            :count
+        ]
+    result = measure(searcher, texts, k=k)
+    if as_json:
+        _emit(result)
+        return
+    click.echo(
+        f"{result['queries']} queries, one at a time: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms"
+    )
+    for part in PARTS:
+        click.echo(f"  {part:<8} {result['breakdown_p50_ms'][part]:>8.2f} ms (p50)")
+    click.echo(
+        f"  model forward passes {result['model_forward_fraction']:.1%} of the time; overhead outside models, FAISS and BM25 {result['overhead_fraction']:.1%}"
+    )
+
+
+@main.command()
+@click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 @index_dir_option
 def info(name: str, as_json: bool, index_dir: Path | None) -> None:

@@ -67,14 +67,23 @@ class Pipeline:
         for stage in self.stages:
             stage.open()
 
-    def stream(self, batches: Iterable[pa.RecordBatch] | None = None) -> Iterator[pa.RecordBatch]:
-        """Run the stages in memory over ``batches`` (or over the source stage's output)."""
-        first = batches.schema.names if isinstance(batches, pa.Table) else ()
+    def stream(
+        self,
+        batches: pa.Table | Iterable[pa.RecordBatch] | None = None,
+        columns: Iterable[str] | None = None,
+    ) -> Iterator[pa.RecordBatch]:
+        """Run the stages in memory over ``batches`` (or over the source stage's output).
+
+        The columns of the input are taken from a table or a list of batches; for any other
+        iterable, name them in ``columns`` so the pipeline can be checked before it runs.
+        """
         if isinstance(batches, pa.Table):
-            batches = batches.to_batches()
+            columns, batches = batches.schema.names, batches.to_batches()
+        elif columns is None and isinstance(batches, list) and batches:
+            columns = batches[0].schema.names
         if batches is None and not isinstance(self.stages[0], Source):
             raise InputError("the pipeline has no source stage; pass input batches")
-        self.check(first if batches is None else _peek_columns(batches) or first)
+        self.check(columns or ())
         self.open()
         stream: Iterable[pa.RecordBatch] = batches if batches is not None else ()
         for stage in self.stages:
@@ -103,7 +112,7 @@ class Pipeline:
             else:
                 fingerprint = stage.fingerprint(fingerprint)
                 stream = with_progress(stream, rows, stage.name, progress)
-            if not getattr(stage, "materialize", True):
+            if not stage.materialize:
                 stream = stage(stream)
                 continue
             folder = work_dir / f"{i + 1:02d}-{stage.name}"
@@ -125,12 +134,6 @@ def with_progress(
         for batch in stream:
             bar.update(batch.num_rows)
             yield batch
-
-
-def _peek_columns(batches: Iterable[pa.RecordBatch]) -> list[str] | None:
-    if isinstance(batches, list) and batches:
-        return batches[0].schema.names
-    return None
 
 
 def read_parts(folder: Path) -> Iterator[pa.RecordBatch]:

@@ -18,6 +18,7 @@ from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
+from searchpipe.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,8 @@ class BiEncoder:
                     "attention_mask": torch.from_numpy(mask),
                 }
                 try:
-                    emb = self.model(features)["sentence_embedding"]
+                    with timed("embed_forward"):
+                        emb = self.model(features)["sentence_embedding"]
                 except RuntimeError as e:
                     raise RunError(f"embedding failed: {str(e).splitlines()[0]}") from None
                 out[rows] = emb.float().numpy()

@@ -17,6 +17,7 @@ from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
+from searchpipe.timing import timed
 
 
 class CrossEncoderScorer:
@@ -111,7 +112,8 @@ class CrossEncoderScorer:
                     "attention_mask": torch.from_numpy(mask),
                 }
                 try:
-                    logits = self.model(features)["scores"].float()
+                    with timed("rerank_forward"):
+                        logits = self.model(features)["scores"].float()
                 except RuntimeError as e:
                     raise RunError(f"reranking failed: {str(e).splitlines()[0]}") from None
                 if activation is not None:

@@ -30,6 +30,8 @@ class Stage:
     #: True when each output batch depends only on one input batch (a map over batches),
     #: so a batch job can resume the stage after its last complete shard.
     batchwise: ClassVar[bool] = True
+    #: False for sinks (index build, write): a batch job does not store their output again.
+    materialize: ClassVar[bool] = True
 
     def output_columns(self, available: set[str]) -> set[str]:
         """Columns present after this stage, given the ones present before it."""

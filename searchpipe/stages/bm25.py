@@ -20,6 +20,7 @@ from searchpipe import columns as C
 from searchpipe.stages.base import Stage
 from searchpipe.stages.embed import joined_text
 from searchpipe.stages.retrieve import hits_batch
+from searchpipe.timing import timed
 
 BM25_DIR = "bm25"
 SETTINGS = {"stopwords": "en", "stemmer": "english", "k1": 1.5, "b": 0.75, "method": "lucene"}
@@ -79,13 +80,14 @@ class BM25Index:
 
     def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, k) scores and doc store rows; rows without a matching term are -1."""
-        ids = self.tokenizer.tokenize(
-            queries, update_vocab=False, return_as="ids", show_progress=False
-        )
-        k = min(k, self.model.scores["num_docs"])
-        rows, scores = self.model.retrieve(
-            self.tokenizer.to_tokenized_tuple(ids), k=k, show_progress=False, n_threads=1
-        )
+        with timed("bm25"):
+            ids = self.tokenizer.tokenize(
+                queries, update_vocab=False, return_as="ids", show_progress=False
+            )
+            k = min(k, self.model.scores["num_docs"])
+            rows, scores = self.model.retrieve(
+                self.tokenizer.to_tokenized_tuple(ids), k=k, show_progress=False, n_threads=1
+            )
         rows = np.where(scores > 0, rows, -1).astype(np.int64)
         return scores.astype(np.float32), rows
 

@@ -12,6 +12,7 @@ from searchpipe import columns as C
 from searchpipe.index import Index
 from searchpipe.stages.base import Stage
 from searchpipe.stages.embed import arrow_to_vectors
+from searchpipe.timing import timed
 
 HITS_SCHEMA = pa.schema(
     [
@@ -72,5 +73,8 @@ class Retrieve(Stage):
 
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            scores, rows = self.index.search(arrow_to_vectors(batch.column(C.EMBEDDING)), self.k)
+            with timed("faiss"):
+                scores, rows = self.index.search(
+                    arrow_to_vectors(batch.column(C.EMBEDDING)), self.k
+                )
             yield hits_batch(batch, scores, rows, self.index.docs)

@@ -1,0 +1,304 @@
+"""Speed against the sentence-transformers baseline, in one process, alternating.
+
+    python benchmarks/speed.py [--json] [--reranker DIR] [--parts embed,rerank,ann,query]
+
+- embed:  SciFact corpus, ``SentenceTransformer.encode`` fp32 vs our BiEncoder (bf16 where
+          native, token-budget batches); speedup, mean cosine, and the nDCG@10 delta of an
+          exact dense search on SciFact test with each set of embeddings.
+- rerank: 100 SciFact test queries x top 20 hybrid candidates, ``CrossEncoder.predict`` fp32
+          vs our CrossEncoderScorer; speedup and Spearman correlation of the scores.
+- ann:    ~100k MiniLM vectors of real text (SciFact sentences and passage windows, STS-B
+          sentences), tuned HNSW vs faiss exact search; QPS ratio at recall@10 >= 0.95,
+          1,109 SciFact queries in batches of 555.
+- query:  ``searchpipe bench``'s measurement on SciFact: embed + hybrid search + rerank top 20.
+
+The reranker is ``--reranker DIR`` (a trained CrossEncoder folder) or, by default, MiniLM's
+body with a fresh one-logit head (speed does not depend on the head's training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import CACHE, SHARED, alternate, emit, log, need
+
+SCIFACT = SHARED / "scifact"
+STSB = SHARED / "stsb"
+
+
+def scifact_docs() -> tuple[list[str], list[str]]:
+    ids, texts = [], []
+    with open(need(SCIFACT / "corpus.jsonl")) as f:
+        for line in f:
+            d = json.loads(line)
+            ids.append(d["_id"])
+            texts.append(f"{d.get('title', '')} {d['text']}".strip())
+    return ids, texts
+
+
+def scifact_test_queries() -> dict[str, str]:
+    from searchpipe.evaluate import read_qrels
+
+    judged = read_qrels(SCIFACT / "qrels" / "test.tsv")
+    out = {}
+    with open(SCIFACT / "queries.jsonl") as f:
+        for line in f:
+            q = json.loads(line)
+            if q["_id"] in judged:
+                out[q["_id"]] = q["text"]
+    return out
+
+
+def dense_ndcg(
+    doc_ids: list[str], doc_vecs: np.ndarray, queries: dict[str, str], q_vecs: np.ndarray
+) -> float:
+    from searchpipe.evaluate import evaluate
+
+    scores = q_vecs @ doc_vecs.T
+    top = np.argsort(-scores, axis=1)[:, :100]
+    run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(queries)}
+    return evaluate(run, SCIFACT / "qrels" / "test.tsv", metrics=("ndcg@10",))["ndcg@10"]
+
+
+def bench_embed(quick: bool) -> dict[str, Any]:
+    from sentence_transformers import SentenceTransformer
+
+    from searchpipe.models.biencoder import BiEncoder
+
+    ids, texts = scifact_docs()
+    if quick:
+        ids, texts = ids[:512], texts[:512]
+    ours = BiEncoder("minilm", precision="auto")
+    st = SentenceTransformer(str(ours.ref.path), device="cpu")
+    ours.encode(texts[:16])
+    st.encode(texts[:16])
+    chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
+    log(
+        f"embed: {len(texts)} SciFact docs in {len(chunks)} chunks, ST fp32 vs ours ({ours.precision})"
+    )
+    t_base, t_ours, out_b, out_o = alternate(
+        lambda c: st.encode(c, batch_size=32), ours.encode, chunks
+    )
+    base, mine = np.concatenate(out_b), np.concatenate(out_o)
+    cos = (base * mine).sum(1) / np.linalg.norm(base, axis=1) / np.linalg.norm(mine, axis=1)
+    result = {
+        "embed_docs": len(texts),
+        "embed_baseline_docs_per_s": round(len(texts) / t_base, 1),
+        "embed_ours_docs_per_s": round(len(texts) / t_ours, 1),
+        "embed_speedup": round(t_base / t_ours, 3),
+        "embed_cosine": round(float(cos.mean()), 6),
+        "embed_cosine_min": round(float(cos.min()), 6),
+        "embed_precision": ours.precision,
+    }
+    if not quick:
+        queries = scifact_test_queries()
+        qtexts = list(queries.values())
+        nd_base = dense_ndcg(ids, base, queries, st.encode(qtexts, batch_size=32))
+        nd_ours = dense_ndcg(ids, mine, queries, ours.encode(qtexts))
+        result.update(
+            embed_ndcg_baseline=nd_base,
+            embed_ndcg_ours=nd_ours,
+            embed_ndcg_delta=round(nd_ours - nd_base, 4),
+        )
+    return result
+
+
+def make_reranker(path: str | None) -> str:
+    if path:
+        return path
+    from searchpipe.models.crossencoder import make_untrained_cross_encoder
+
+    return make_untrained_cross_encoder("minilm", tempfile.mkdtemp(prefix="reranker-"))
+
+
+def scifact_index(home: Path) -> Any:
+    import os
+
+    from searchpipe.api import build_index
+
+    os.environ["SEARCHPIPE_HOME"] = str(home)
+    return build_index(corpus=SCIFACT, name="scifact", progress=False)
+
+
+def bench_rerank(reranker: str, home: Path) -> dict[str, Any]:
+    import pyarrow as pa
+    from scipy.stats import spearmanr
+    from sentence_transformers import CrossEncoder
+
+    from searchpipe.api import Searcher
+    from searchpipe.models.crossencoder import CrossEncoderScorer
+
+    index = scifact_index(home)
+    queries = scifact_test_queries()
+    qids, qtexts = list(queries)[:100], list(queries.values())[:100]
+    hits = Searcher(index).search_batch(pa.table({"query_id": qids, "text": qtexts}), k=20)
+    docs = index.docs.take(hits.column("doc_row"))
+    doc_text = [
+        f"{t} {x}".strip()
+        for t, x in zip(
+            docs.column("title").to_pylist(), docs.column("text").to_pylist(), strict=True
+        )
+    ]
+    q_text = hits.column("query_text").to_pylist()
+    ours = CrossEncoderScorer(reranker, precision="auto")
+    baseline = CrossEncoder(reranker, device="cpu")
+    # chunks of 10 queries x 20 candidates, as a batch search would send them
+    chunks = [(q_text[i : i + 200], doc_text[i : i + 200]) for i in range(0, len(q_text), 200)]
+    log(
+        f"rerank: {len(q_text)} pairs in {len(chunks)} chunks, CrossEncoder.predict fp32 vs ours ({ours.precision})"
+    )
+    ours.score(*chunks[0])
+    baseline.predict(list(zip(*chunks[0], strict=True)), batch_size=32)
+    t_base, t_ours, out_b, out_o = alternate(
+        lambda c: baseline.predict(list(zip(c[0], c[1], strict=True)), batch_size=32),
+        lambda c: ours.score(c[0], c[1]),
+        chunks,
+    )
+    rho = spearmanr(np.concatenate(out_b), np.concatenate(out_o)).statistic
+    return {
+        "rerank_pairs": len(q_text),
+        "rerank_baseline_pairs_per_s": round(len(q_text) / t_base, 1),
+        "rerank_ours_pairs_per_s": round(len(q_text) / t_ours, 1),
+        "rerank_speedup": round(t_base / t_ours, 3),
+        "rerank_spearman": round(float(rho), 6),
+        "rerank_truncated_pairs": ours.truncated,
+        "rerank_precision": ours.precision,
+    }
+
+
+def ann_texts() -> list[str]:
+    """~100k real texts: SciFact sentences and 48-word windows, STS-B sentences."""
+    _, docs = scifact_docs()
+    texts: list[str] = []
+    for d in docs:
+        texts.extend(s for s in re.split(r"(?<=[.!?])\s+", d) if len(s) > 20)
+        words = d.split()
+        texts.extend(" ".join(words[i : i + 48]) for i in range(0, max(len(words) - 24, 1), 16))
+    for name in ("sts-train.csv", "sts-dev.csv", "sts-test.csv"):
+        with open(need(STSB / name), encoding="utf-8") as f:
+            for line in f:
+                parts = line.rstrip("\n").split("\t")
+                texts.extend(p for p in parts[5:7] if p)
+    return list(dict.fromkeys(texts))
+
+
+def bench_ann(target: float) -> dict[str, Any]:
+    import time
+
+    import faiss
+
+    from searchpipe.ann import exact_topk, recall_at_k, sample_queries, tune
+    from searchpipe.models.biencoder import BiEncoder
+
+    CACHE.mkdir(parents=True, exist_ok=True)
+    cached = CACHE / "ann_vectors.npy"
+    encoder = BiEncoder("minilm")
+    if cached.exists():
+        vectors = np.load(cached)
+    else:
+        texts = ann_texts()
+        log(f"ann: embedding {len(texts)} texts once (cached in {cached})")
+        vectors = np.concatenate(
+            [encoder.encode(texts[i : i + 4096]) for i in range(0, len(texts), 4096)]
+        )
+        np.save(cached, vectors)
+    queries = encoder.encode(list(scifact_test_queries().values()) + _train_queries())
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    hnsw = faiss.index_factory(vectors.shape[1], "HNSW32", faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = 80
+    t0 = time.perf_counter()
+    hnsw.add(vectors)
+    build_s = time.perf_counter() - t0
+    tune_q = sample_queries(
+        vectors, 500, seed=1
+    )  # tuned on corpus-derived queries, as at build time
+    setting = tune(hnsw, tune_q, exact_topk(tune_q, iter([vectors])), target)
+    batches = np.array_split(queries, max(1, len(queries) // 555))
+
+    def run(index: Any) -> tuple[float, np.ndarray]:
+        t = 0.0
+        found = []
+        for b in batches:
+            t0 = time.perf_counter()
+            found.append(index.search(b, 10)[1])
+            t += time.perf_counter() - t0
+        return t, np.concatenate(found)
+
+    rounds = [(run(exact), run(hnsw)) for _ in range(3)]
+    t_exact = min(r[0][0] for r in rounds)
+    t_hnsw = min(r[1][0] for r in rounds)
+    recall = recall_at_k(rounds[0][1][1], rounds[0][0][1])
+    return {
+        "ann_vectors": int(len(vectors)),
+        "ann_queries": int(len(queries)),
+        "ann_batch": int(len(batches[0])),
+        "ann_factory": "HNSW32",
+        "ann_params": setting["params"],
+        "ann_build_s": round(build_s, 1),
+        "ann_exact_qps": round(len(queries) / t_exact, 1),
+        "ann_qps": round(len(queries) / t_hnsw, 1),
+        "ann_qps_ratio": round(t_exact / t_hnsw, 2),
+        "ann_recall": round(recall, 4),
+    }
+
+
+def _train_queries() -> list[str]:
+    from searchpipe.evaluate import read_qrels
+
+    judged = read_qrels(SCIFACT / "qrels" / "train.tsv")
+    with open(SCIFACT / "queries.jsonl") as f:
+        return [q["text"] for q in map(json.loads, f) if q["_id"] in judged]
+
+
+def bench_query(reranker: str, home: Path) -> dict[str, Any]:
+    from searchpipe.api import Searcher
+    from searchpipe.bench import measure
+
+    index = scifact_index(home)
+    searcher = Searcher(index, rerank=reranker, rerank_depth=20)
+    result = measure(searcher, list(scifact_test_queries().values())[:100], k=10)
+    return {
+        "query_p50_ms": result["p50_ms"],
+        "query_p95_ms": result["p95_ms"],
+        "query_breakdown_p50_ms": result["breakdown_p50_ms"],
+        "overhead_fraction": result["overhead_fraction"],
+        "rerank_max_length": searcher.reranker.max_length if searcher.reranker else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--parts", default="embed,rerank,ann,query")
+    parser.add_argument(
+        "--reranker", default=None, help="trained CrossEncoder folder (default: fresh head)"
+    )
+    parser.add_argument("--quick", action="store_true", help="embed 512 docs only, no nDCG")
+    parser.add_argument("--target-recall", type=float, default=0.95)
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    home = CACHE / "home"
+    result: dict[str, Any] = {}
+    reranker = make_reranker(args.reranker) if parts & {"rerank", "query"} else ""
+    if "embed" in parts:
+        result.update(bench_embed(args.quick))
+    if "rerank" in parts:
+        result.update(bench_rerank(reranker, home))
+    if "ann" in parts:
+        result.update(bench_ann(args.target_recall))
+    if "query" in parts:
+        result.update(bench_query(reranker, home))
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
