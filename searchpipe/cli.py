@@ -416,5 +416,15 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
         click.echo(f"file       {rel} {meta['size']} bytes")
 
 
+def _register() -> None:
+    """Commands that live beside their own API modules (all import their heavy parts lazily)."""
+    from searchpipe import cli_encoder
+
+    for command in cli_encoder.COMMANDS:
+        main.add_command(command)
+
+
+_register()
+
 if __name__ == "__main__":  # pragma: no cover
     main()
