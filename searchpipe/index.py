@@ -5,6 +5,8 @@ Layout of ``indexes/NAME/``::
     manifest.json          the committed version: model, metric, factory, counts, checksums
     v000001/index.faiss    FAISS index; row i is doc store row i
     v000001/docs.arrow     doc store (doc_id, title, text, metadata), Arrow IPC, memory-mapped
+    v000001/vectors.arrow  per row: content sha256 and the embedding (for add/delete without
+                           re-embedding, see ``searchpipe.update``)
     v000001/bm25/          BM25 index, when built
     .lock                  held by the one writer
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -34,11 +37,14 @@ import pyarrow as pa
 from searchpipe import columns as C
 from searchpipe.errors import InputError, RunError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: no vectors.arrow and no manifest checksum (read-only use)
 MANIFEST = "manifest.json"
 FAISS_FILE = "index.faiss"
 DOCS_FILE = "docs.arrow"
+VECTORS_FILE = "vectors.arrow"
 KEEP_VERSIONS = 2
+VERSION_DIR = re.compile(r"v\d{6}")
 NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -84,7 +90,23 @@ def _version_dir(version: int) -> str:
     return f"v{version:06d}"
 
 
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of a manifest's fields other than ``manifest_sha256`` (canonical JSON)."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The exact bytes a manifest is saved as (``check`` compares the file against them)."""
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
+def _corrupt(path: Path, why: str) -> RunError:
+    return RunError(f"{path} is corrupt ({why}); rebuild the index or restore it from a backup")
+
+
 def read_manifest(root: Path) -> dict[str, Any]:
+    """The committed manifest of the index at ``root``, checked (self-checksum, paths, format)."""
     path = root / MANIFEST
     if not path.is_file():
         if not root.exists():
@@ -95,17 +117,43 @@ def read_manifest(root: Path) -> dict[str, Any]:
             f"{root} has no {MANIFEST}: it is not a searchpipe index (or was never committed)"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(
-            f"{path} is corrupt ({e}); rebuild the index or restore it from a backup"
-        ) from None
-    if manifest.get("format_version") != FORMAT_VERSION:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError
+        raise _corrupt(path, str(e).splitlines()[0][:160]) from None
+    if not isinstance(manifest, dict):
+        raise _corrupt(path, f"a JSON {type(manifest).__name__}, not an object")
+    recorded = manifest.get("manifest_sha256")
+    if recorded is not None and recorded != manifest_digest(manifest):
+        raise _corrupt(path, "its contents do not match its recorded manifest_sha256")
+    version = manifest.get("format_version")
+    if version not in READABLE_FORMATS:
         raise InputError(
-            f"{path} has format version {manifest.get('format_version')!r}; this searchpipe reads "
-            f"version {FORMAT_VERSION}: rebuild the index"
+            f"{path} has format version {version!r}; this searchpipe reads versions "
+            f"{', '.join(map(str, READABLE_FORMATS))}: rebuild the index"
         )
+    if recorded is None and version >= 2:
+        raise _corrupt(path, "manifest_sha256 is missing")
+    _check_paths(path, manifest)
     return manifest
+
+
+def _check_paths(path: Path, manifest: dict[str, Any]) -> None:
+    """Refuse manifest paths that could reach outside the version folder."""
+    vdir = manifest.get("version_dir")
+    files = manifest.get("files")
+    if not isinstance(vdir, str) or not VERSION_DIR.fullmatch(vdir):
+        raise _corrupt(path, f"version_dir {vdir!r} is not of the form v000001")
+    if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
+        raise _corrupt(path, "'files' is not a mapping of file names to size and sha256")
+    for rel in files:
+        parts = Path(rel).parts
+        if not parts or Path(rel).is_absolute() or any(p in ("..", ".") for p in parts):
+            raise _corrupt(path, f"file path {rel!r} is not a plain path inside {vdir}")
+    kept = manifest.get("kept_versions", [])
+    if not isinstance(kept, list) or not all(
+        isinstance(k, str) and VERSION_DIR.fullmatch(k) for k in kept
+    ):
+        raise _corrupt(path, f"kept_versions {kept!r} is not a list of version folders")
 
 
 @dataclass
@@ -120,15 +168,30 @@ class Index:
     manifest: dict[str, Any]
     faiss_index: Any
     docs: pa.Table
+    #: the version's BM25 index (``searchpipe.stages.bm25.BM25Index``), opened with the rest
+    #: so that a reader holds all of one version even after a writer removes its folder
+    bm25: Any = None
 
     @classmethod
     def open(cls, name: str | Path, index_root: str | Path | None = None) -> Index:
-        root = (
-            Path(name)
-            if Path(name).is_dir() and (Path(name) / MANIFEST).exists()
-            else index_dir(index_root) / check_name(str(name))
-        )
-        manifest = read_manifest(root)
+        """Open the committed version of index ``name`` (or of the index folder ``name``).
+
+        The manifest is read once and only the files it names are opened. If a writer
+        commits twice and removes this version while it is being opened, the newer
+        manifest is read and opening starts over, so a reader never blocks nor fails for it.
+        """
+        root = _root(name, index_root)
+        for attempt in range(3):
+            manifest = read_manifest(root)
+            try:
+                return cls._open_version(root, manifest)
+            except RunError:
+                if attempt == 2 or read_manifest(root)["version"] == manifest["version"]:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open_version(cls, root: Path, manifest: dict[str, Any]) -> Index:
         vdir = root / manifest["version_dir"]
         for rel, meta in manifest["files"].items():
             f = vdir / rel
@@ -144,12 +207,18 @@ class Index:
         try:
             faiss_index = faiss.read_index(str(vdir / FAISS_FILE))
             docs = ipc.open_file(pa.memory_map(str(vdir / DOCS_FILE))).read_all()
-        except (RuntimeError, pa.ArrowInvalid) as e:
+            bm25 = None
+            if "bm25" in manifest:
+                from searchpipe.stages.bm25 import BM25_DIR, BM25Index
+
+                bm25 = BM25Index(vdir / BM25_DIR)
+        except (RuntimeError, OSError, ValueError, pa.ArrowException) as e:
             raise RunError(
-                f"index {root.name} could not be read ({str(e).splitlines()[0][:200]}); rebuild it"
+                f"index {root.name} could not be read ({str(e).splitlines()[0][:200]}); "
+                f"run 'searchpipe check {root.name}' and rebuild it"
             ) from None
         cls._apply_search_params(faiss_index, manifest.get("search_params") or {})
-        return cls(root, manifest, faiss_index, docs)
+        return cls(root, manifest, faiss_index, docs, bm25)
 
     @staticmethod
     def _apply_search_params(faiss_index: Any, params: dict[str, Any]) -> None:
@@ -204,9 +273,12 @@ class IndexWriter:
     ...     w.add_file(...); w.commit(manifest_fields)
     """
 
-    def __init__(self, root: Path, lock_timeout: float = 0.5) -> None:
+    def __init__(self, root: Path, lock_timeout: float = 0.5, keep: int = KEEP_VERSIONS) -> None:
+        if keep < 1:
+            raise InputError(f"keep must be at least 1 version, got {keep}")
         self.root = root
         self.lock_timeout = lock_timeout
+        self.keep = keep
         self.staging: Path | None = None
         self.version = 0
         self._lock: Any = None
@@ -214,20 +286,29 @@ class IndexWriter:
     def __enter__(self) -> IndexWriter:
         from filelock import FileLock, Timeout
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.root / ".lock"))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.root / ".lock"))
             self._lock.acquire(timeout=self.lock_timeout)
         except Timeout:
             raise InputError(
                 f"index {self.root.name} is being written by another process (lock {self.root / '.lock'}); "
                 "wait for it to finish"
             ) from None
-        self._cleanup_stale()
-        current = self.current_manifest()
-        self.version = (current["version"] if current else 0) + 1
-        self.staging = self.root / f".staging-{_version_dir(self.version)}-{os.getpid()}"
-        self.staging.mkdir()
+        except OSError as e:
+            raise RunError(
+                f"index {self.root.name} cannot be written ({e.strerror or e}) at {self.root}"
+            ) from e
+        try:
+            self._cleanup_stale()
+            current = self.current_manifest()
+            self.version = (current["version"] if current else 0) + 1
+            staging = self.root / f".staging-{_version_dir(self.version)}-{os.getpid()}"
+            staging.mkdir()
+            self.staging = staging
+        except BaseException as e:
+            self.__exit__(type(e), e, None)
+            raise
         return self
 
     def current_manifest(self) -> dict[str, Any] | None:
@@ -240,7 +321,7 @@ class IndexWriter:
         for p in self.root.iterdir():
             if p.name.startswith(".staging-") or p.name.startswith(MANIFEST + ".tmp"):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            elif p.is_dir() and p.name.startswith("v") and p.name not in keep:
+            elif p.is_dir() and VERSION_DIR.fullmatch(p.name) and p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
 
     def path(self, rel: str) -> Path:
@@ -248,7 +329,11 @@ class IndexWriter:
         return self.staging / rel
 
     def commit(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Checksum and fsync the staged files, move them in place, swap the manifest."""
+        """Checksum and fsync the staged files, move them in place, swap the manifest.
+
+        Until the manifest swap nothing is visible; a failure before it (a full disk) removes
+        the new version folder and temp files again, so the index stays at its old version.
+        """
         assert self.staging is not None
         files = {}
         for f in sorted(p for p in self.staging.rglob("*") if p.is_file()):
@@ -257,12 +342,10 @@ class IndexWriter:
         for d in sorted({f.parent for f in self.staging.rglob("*")} | {self.staging}, reverse=True):
             _fsync_dir(d)
         final = self.root / _version_dir(self.version)
-        os.replace(self.staging, final)
-        self.staging = None
         previous = self.current_manifest()
         kept = ([*previous.get("kept_versions", [])] if previous else []) + [final.name]
-        kept = kept[-KEEP_VERSIONS:]
-        manifest = {
+        kept = kept[-self.keep :]
+        manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.root.name,
             "version": self.version,
@@ -272,37 +355,65 @@ class IndexWriter:
             "files": files,
             "kept_versions": kept,
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         tmp = self.root / f"{MANIFEST}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
-        _fsync_dir(self.root)
-        os.replace(tmp, self.root / MANIFEST)
-        _fsync_dir(self.root)
+        try:
+            os.replace(self.staging, final)
+            self.staging = None
+            _fsync_dir(self.root)
+            with open(tmp, "wb") as out:
+                out.write(manifest_bytes(manifest))
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.root / MANIFEST)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        # committed: from here on a failure must not remove what readers may already see
+        try:
+            _fsync_dir(self.root)
+        except OSError:
+            pass  # the swap is visible; the next commit's fsync makes it durable
         for p in self.root.iterdir():  # old versions beyond the ones kept
-            if p.is_dir() and p.name.startswith("v") and p.name not in kept:
+            if p.is_dir() and VERSION_DIR.fullmatch(p.name) and p.name not in kept:
                 shutil.rmtree(p, ignore_errors=True)
         return manifest
 
-    def __exit__(self, *exc: object) -> None:
-        if self.staging is not None:  # not committed: leave nothing behind
-            shutil.rmtree(self.staging, ignore_errors=True)
-        if self._lock is not None:
-            self._lock.release()
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if self.staging is not None:  # not committed: leave nothing behind
+                shutil.rmtree(self.staging, ignore_errors=True)
+                self.staging = None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if isinstance(exc, OSError):  # a full disk, a read-only folder: no traceback
+            current = self.current_manifest() if (self.root / MANIFEST).exists() else None
+            where = f"version {current['version']}" if current else "no committed version"
+            raise RunError(
+                f"writing index {self.root.name} failed ({exc.strerror or exc}); nothing was "
+                f"committed and the index stays at {where}; free space or fix {self.root} and retry"
+            ) from exc
 
 
 def verify(name: str | Path, index_root: str | Path | None = None) -> list[str]:
-    """Check every file of the committed version against its recorded sha256.
+    """Check the manifest and every file of the committed version against its sha256.
 
-    Returns a list of problems (empty when the index is sound).
+    Returns a list of problems, each naming the file (empty when the index is sound).
+
+    >>> verify("sample")  # doctest: +SKIP
+    []
     """
-    root = index_dir(index_root) / check_name(str(name))
-    problems: list[str] = []
+    root = _root(name, index_root)
     try:
         manifest = read_manifest(root)
     except RunError as e:
         return [str(e)]
+    problems: list[str] = []
+    path = root / MANIFEST
+    if path.read_bytes() != manifest_bytes(manifest) and "manifest_sha256" in manifest:
+        problems.append(f"{path}: bytes differ from the manifest they encode (damaged layout)")
     vdir = root / manifest["version_dir"]
     for rel, meta in manifest["files"].items():
         f = vdir / rel
@@ -310,11 +421,60 @@ def verify(name: str | Path, index_root: str | Path | None = None) -> list[str]:
             problems.append(f"{f}: missing")
             continue
         got = file_digest(f)
-        if got["size"] != meta["size"]:
-            problems.append(f"{f}: size {got['size']} != recorded {meta['size']}")
-        elif got["sha256"] != meta["sha256"]:
-            problems.append(f"{f}: sha256 {got['sha256'][:16]}… != recorded {meta['sha256'][:16]}…")
+        if got["size"] != meta.get("size"):
+            problems.append(f"{f}: size {got['size']} != recorded {meta.get('size')}")
+        elif got["sha256"] != meta.get("sha256"):
+            problems.append(
+                f"{f}: sha256 {got['sha256'][:16]}… != recorded {str(meta.get('sha256'))[:16]}…"
+            )
     return problems
+
+
+def check_index(name: str | Path, index_root: str | Path | None = None) -> dict[str, Any]:
+    """Verify every byte, then open the index and check that its parts agree in size.
+
+    Raises ``RunError`` naming the first damaged file; returns a summary when sound.
+
+    >>> check_index("sample")["docs"]  # doctest: +SKIP
+    300
+    """
+    problems = verify(name, index_root)
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise RunError(f"index {Path(name).name} is corrupt: {problems[0]}{more}")
+    index = Index.open(_root(name, index_root))
+    m = index.manifest
+    counts = {"manifest doc_count": m.get("doc_count"), "faiss vectors": index.faiss_index.ntotal}
+    counts["doc store rows"] = len(index)
+    vectors = index.version_dir / VECTORS_FILE
+    if vectors.is_file():
+        import pyarrow.ipc as ipc
+
+        with pa.memory_map(str(vectors)) as source:
+            counts["vectors.arrow rows"] = ipc.open_file(source).read_all().num_rows
+    if "bm25" in m:
+        counts["bm25 docs"] = m["bm25"].get("docs")
+    if len(set(counts.values())) != 1:
+        raise RunError(
+            f"index {index.name} is inconsistent: "
+            + ", ".join(f"{k} {v}" for k, v in counts.items())
+            + "; rebuild it"
+        )
+    return {
+        "name": index.name,
+        "version": m["version"],
+        "docs": len(index),
+        "files": len(m["files"]),
+        "bytes": sum(meta["size"] for meta in m["files"].values()),
+        "ok": True,
+    }
+
+
+def _root(name: str | Path, index_root: str | Path | None) -> Path:
+    p = Path(name)
+    if p.is_dir() and (p / MANIFEST).exists():
+        return p
+    return index_dir(index_root) / check_name(str(name))
 
 
 def rows_to_doc_ids(docs: pa.Table, rows: np.ndarray) -> pa.Array:

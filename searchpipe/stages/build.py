@@ -3,12 +3,18 @@
 The stream is consumed once: doc store rows are appended to an Arrow IPC file and vectors
 added to FAISS as they arrive, so memory holds one batch (plus a training sample for
 IVF/PQ factories, which must be trained before vectors are added).
+
+Beside the doc store, ``vectors.arrow`` keeps each row's content sha256 and its embedding, so
+``searchpipe.update`` can add and delete documents later without embedding old ones again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
-from searchpipe.errors import InputError
-from searchpipe.index import DOCS_FILE, FAISS_FILE, IndexWriter
+from searchpipe.errors import InputError, RunError
+from searchpipe.index import DOCS_FILE, FAISS_FILE, VECTORS_FILE, IndexWriter
 from searchpipe.stages.base import Stage
-from searchpipe.stages.embed import arrow_to_vectors
+from searchpipe.stages.embed import arrow_to_vectors, vectors_to_arrow
 
 DOC_STORE_SCHEMA = pa.schema(
     [
@@ -29,6 +35,46 @@ DOC_STORE_SCHEMA = pa.schema(
         (C.METADATA, pa.string()),
     ]
 )
+CONTENT_SHA256 = "content_sha256"
+
+
+def vectors_schema(dim: int) -> pa.Schema:
+    return pa.schema([(CONTENT_SHA256, pa.string()), (C.EMBEDDING, pa.list_(pa.float32(), dim))])
+
+
+def content_sha256(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """Per row, the sha256 of what the doc store keeps of it (title, text, metadata).
+
+    >>> b = pa.record_batch({"title": ["t"], "text": ["x"], "metadata": pa.array([None], pa.string())})
+    >>> len(content_sha256(b)[0].as_py())
+    64
+    """
+    cols = [batch.column(n).to_pylist() for n in (C.TITLE, C.TEXT, C.METADATA)]
+    return pa.array(
+        [
+            hashlib.sha256(json.dumps(row, ensure_ascii=False).encode()).hexdigest()
+            for row in zip(*cols, strict=True)
+        ],
+        pa.string(),
+    )
+
+
+def check_vectors(vectors: np.ndarray, dim: int, doc_ids: pa.Array) -> None:
+    """Refuse embeddings of the wrong dimension or with NaN/inf, naming the first bad doc."""
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise InputError(
+            f"embeddings have dimension {vectors.shape[1] if vectors.ndim == 2 else vectors.shape} "
+            f"but the index expects {dim}"
+        )
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InputError(
+            f"embedding of doc {doc_ids[bad].as_py()!r} (row {bad + 1} of its batch) has NaN or "
+            "infinite values"
+        )
+
+
 FACTORY_EXAMPLES = "Flat, HNSW32, IVF256,Flat, IVF256,PQ16, HNSW32,SQ8, PQ32, auto"
 
 
@@ -71,8 +117,11 @@ class BuildIndex(Stage):
         manifest_fields: dict[str, Any],
         n_docs: int,
         precision: str = "fp32",
+        writer: IndexWriter | None = None,
     ) -> None:
         self.root = root
+        #: an IndexWriter the caller already holds (read-modify-write under one lock)
+        self.writer = writer
         self.factory = factory
         self.encoder = encoder
         self.manifest_fields = manifest_fields
@@ -95,23 +144,28 @@ class BuildIndex(Stage):
         pending: list[np.ndarray] = []
         pending_n = 0
         wanted = train_size(self.factory, self.n_docs)
-        with IndexWriter(self.root) as writer:
-            with ipc.new_file(str(writer.path(DOCS_FILE)), DOC_STORE_SCHEMA) as store:
+        with nullcontext(self.writer) if self.writer else IndexWriter(self.root) as writer:
+            with (
+                ipc.new_file(str(writer.path(DOCS_FILE)), DOC_STORE_SCHEMA) as store,
+                ipc.new_file(str(writer.path(VECTORS_FILE)), vectors_schema(dim)) as kept,
+            ):
                 for batch in batches:
-                    vectors = arrow_to_vectors(batch.column(C.EMBEDDING))
-                    if vectors.shape[1] != dim:
+                    column = batch.column(C.EMBEDDING)
+                    if not pa.types.is_fixed_size_list(column.type):
                         raise InputError(
-                            f"embeddings have dimension {vectors.shape[1]} but the index expects {dim}"
+                            f"column {C.EMBEDDING!r} has type {column.type}; expected "
+                            f"fixed_size_list<float32>[{dim}]"
                         )
-                    if not np.isfinite(vectors).all():
-                        bad = int(np.argwhere(~np.isfinite(vectors).all(axis=1))[0][0])
-                        raise InputError(
-                            f"embedding of doc {batch.column(C.DOC_ID)[bad].as_py()!r} has NaN or infinite values"
-                        )
-                    store.write_batch(
+                    vectors = arrow_to_vectors(column)
+                    check_vectors(vectors, dim, batch.column(C.DOC_ID))
+                    doc_rows = pa.record_batch(
+                        [batch.column(n) for n in DOC_STORE_SCHEMA.names], schema=DOC_STORE_SCHEMA
+                    )
+                    store.write_batch(doc_rows)
+                    kept.write_batch(
                         pa.record_batch(
-                            [batch.column(n) for n in DOC_STORE_SCHEMA.names],
-                            schema=DOC_STORE_SCHEMA,
+                            [content_sha256(doc_rows), vectors_to_arrow(vectors)],
+                            schema=vectors_schema(dim),
                         )
                     )
                     if need_training:
@@ -135,7 +189,14 @@ class BuildIndex(Stage):
             extra: dict[str, Any] = {}
             for hook in self.hooks:
                 extra.update(hook(writer, index))
-            faiss.write_index(index, str(writer.path(FAISS_FILE)))
+            try:
+                faiss.write_index(index, str(writer.path(FAISS_FILE)))
+            except RuntimeError as e:  # faiss reports a failed write (a full disk) this way
+                reason = str(e).strip().splitlines()[-1][:160]
+                raise RunError(
+                    f"index {self.root.name}: writing {FAISS_FILE} failed ({reason}); nothing was "
+                    "committed; free disk space and retry"
+                ) from None
             fields = {
                 **self.manifest_fields,
                 "encoder": {**self.encoder, "precision": self.precision},

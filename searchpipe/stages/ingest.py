@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,7 +141,14 @@ class _RowChecker:
         if title is not None and not isinstance(title, str):
             title = str(title)
         extra = {k: v for k, v in record.items() if k not in (key, "text", "title")}
-        self.rows.append({"id": rid, "title": title or "", "text": text, "extra": extra})
+        meta = json.dumps(extra, ensure_ascii=False, default=str) if extra else None
+        for field, value in (("id", rid), ("title", title), ("text", text), ("other fields", meta)):
+            if value is not None and not _is_utf8(value):
+                raise InputError(
+                    f"{self.path}:{where}: {field} of {self.kind} {rid!r:.40} holds a lone surrogate "
+                    "(an unpaired \\ud800-\\udfff escape), which is not valid UTF-8; fix that escape"
+                )
+        self.rows.append({"id": rid, "title": title or "", "text": text, "meta": meta})
 
     def full(self) -> bool:
         return len(self.rows) >= self.batch_rows
@@ -157,10 +163,7 @@ class _RowChecker:
                 ],
                 schema=QUERY_SCHEMA,
             )
-        meta = [
-            json.dumps(r["extra"], ensure_ascii=False, default=str) if r["extra"] else None
-            for r in rows
-        ]
+        meta = [r["meta"] for r in rows]
         return pa.record_batch(
             [
                 pa.array([r["id"] for r in rows], pa.string()),
@@ -172,62 +175,80 @@ class _RowChecker:
         )
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[Any, str]]:
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each physical line; bad bytes are an error naming the line."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark
+                raw = raw[3:]
             try:
-                line = raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise InputError(
                     f"{path}:{lineno}: bytes are not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1}); "
                     "re-encode the file as UTF-8"
                 ) from None
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line), f"line {lineno}"
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix that line"
-                ) from None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[Any, str]]:
+    for lineno, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(
+                f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno}); fix that line"
+            ) from None
+        except (ValueError, RecursionError) as e:  # a 5000-digit number, [[[[... nesting
+            reason = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:80]
+            raise InputError(f"{path}:{lineno}: malformed JSON ({reason}); fix that line") from None
+        yield record, f"line {lineno}"
+
+
+# a 10 MB document is one CSV field; the csv module's default limit is 128 KiB
+csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
 
 
 def _delimited_records(
     path: Path, delimiter: str, header: bool | None
 ) -> Iterator[tuple[Any, str]]:
-    with open(path, "rb") as fb:
-        text = io.TextIOWrapper(fb, encoding="utf-8", newline="")
-        reader = csv.reader(text, delimiter=delimiter)
-        names: list[str] | None = None
-        try:
-            for rowno, row in enumerate(reader, start=1):
-                if rowno == 1:
-                    lowered = [c.strip().lower() for c in row]
-                    looks_like_header = "text" in lowered or any(
-                        k in lowered for k in ID_KEYS + QUERY_ID_KEYS
-                    )
-                    if header or (header is None and looks_like_header):
-                        names = lowered
-                        continue
-                    names = (
-                        ["_id", "text"] if len(row) == 2 else ["_id", "title", "text"][: len(row)]
-                    )
-                if not row:
+    # lines are decoded one by one, so a bad byte is reported on its own line
+    lines = (line for _, line in _utf8_lines(path))
+    reader = csv.reader(lines, delimiter=delimiter)
+    names: list[str] | None = None
+    try:
+        for rowno, row in enumerate(reader, start=1):
+            if rowno == 1:
+                lowered = [c.strip().lower() for c in row]
+                looks_like_header = "text" in lowered or any(
+                    k in lowered for k in ID_KEYS + QUERY_ID_KEYS
+                )
+                if header or (header is None and looks_like_header):
+                    names = lowered
                     continue
-                if len(row) != len(names):
-                    raise InputError(
-                        f"{path}: line {reader.line_num}: expected {len(names)} fields ({', '.join(names)}), "
-                        f"got {len(row)}; quote fields that contain the delimiter"
-                    )
-                yield dict(zip(names, row, strict=True)), f"line {reader.line_num}"
-        except UnicodeDecodeError as e:
-            raise InputError(
-                f"{path}: line {reader.line_num + 1}: bytes are not UTF-8 ({e.reason}); re-encode the file as UTF-8"
-            ) from None
-        except csv.Error as e:
-            raise InputError(
-                f"{path}: line {reader.line_num}: malformed {delimiter!r}-separated row ({e})"
-            ) from None
+                names = ["_id", "text"] if len(row) == 2 else ["_id", "title", "text"][: len(row)]
+            if not row:
+                continue
+            assert names is not None
+            if len(row) != len(names):
+                raise InputError(
+                    f"{path}: line {reader.line_num}: expected {len(names)} fields ({', '.join(names)}), "
+                    f"got {len(row)}; quote fields that contain the delimiter"
+                )
+            yield dict(zip(names, row, strict=True)), f"line {reader.line_num}"
+    except csv.Error as e:
+        raise InputError(
+            f"{path}: line {reader.line_num}: malformed {delimiter!r}-separated row ({e})"
+        ) from None
 
 
 def _columnar_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
@@ -249,8 +270,9 @@ def _columnar_records(path: Path, fmt: str) -> Iterator[tuple[Any, str]]:
             for record in batch.to_pylist():
                 row += 1
                 yield record, f"row {row}"
-    except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{path}: not a readable {fmt} file ({str(e).splitlines()[0]})") from None
+    except (pa.ArrowException, OSError, ValueError) as e:
+        reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise InputError(f"{path}: row 1: not a readable {fmt} file ({reason})") from None
 
 
 class Ingest(Source):
