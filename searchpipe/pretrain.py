@@ -372,7 +372,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     no_decay = {
         id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm) for p in m.parameters()
     }
-    decay, rest = [], []
+    decay: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

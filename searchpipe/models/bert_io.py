@@ -126,7 +126,7 @@ _HEADS = {
 
 def _normalise_hf_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strip 'bert.', rename TF-era gamma/beta, drop buffers and the tied decoder."""
-    out = {}
+    out: dict[str, torch.Tensor] = {}
     for name, t in state.items():
         name = name.removeprefix("bert.")
         name = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", name)
@@ -329,7 +329,7 @@ def save_hf(
         enc = model if isinstance(model, TransformerEncoder) else model.encoder
         key = "embeddings.position_embeddings.weight"
         key = key if isinstance(model, TransformerEncoder) else f"encoder.{key}"
-        state[key] = enc.embeddings.position_table.detach().float().clone()
+        state[key] = enc.embeddings.position_weight().detach().float().clone()
     hf_config = config_to_hf(config)
     if isinstance(model, TransformerEncoder):
         arch = "BertModel"

@@ -80,6 +80,7 @@ class Embeddings(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         d = config.d_model
+        self.learned = config.position == "learned"
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
         if config.position == "learned":
             self.position_embeddings = nn.Embedding(config.max_len, d)
@@ -94,9 +95,9 @@ class Embeddings(nn.Module):
 
     def position_weight(self) -> torch.Tensor:
         """The (max_len, D) position table, learned or fixed."""
-        if hasattr(self, "position_embeddings"):
+        if self.learned:
             return self.position_embeddings.weight
-        return self.position_table
+        return self.get_buffer("position_table")
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]

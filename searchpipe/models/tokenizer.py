@@ -177,7 +177,7 @@ def train_tokenizer(
 
 def save_tokenizer(tok, output: str | os.PathLike[str], lowercase: bool = True) -> Path:  # type: ignore[no-untyped-def]
     """Save a ``tokenizers.Tokenizer`` as a folder ``transformers.AutoTokenizer`` loads."""
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined]
 
     _check_specials(tok, "being saved")
     out = Path(output)
