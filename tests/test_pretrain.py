@@ -280,3 +280,32 @@ def test_stream_resumes_mid_chunk(corpus_and_tokenizer):
     for (item, _), (other, _) in zip(first[100:], (next(again) for _ in range(50)), strict=True):
         assert np.array_equal(item.input_ids, other.input_ids)
         assert np.array_equal(item.labels, other.labels)
+
+
+def test_cli_tokenizer_train_and_pretrain_from_yaml(corpus_and_tokenizer, tmp_path):
+    import yaml
+    from click.testing import CliRunner
+
+    from searchpipe.cli_encoder import pretrain_cmd, tokenizer_group
+
+    corpus, _ = corpus_and_tokenizer
+    runner = CliRunner()
+    result = runner.invoke(
+        tokenizer_group,
+        ["train", str(corpus), "--vocab-size", "250", "--output", str(tmp_path / "t")],
+    )
+    assert result.exit_code == 0, result.output
+    assert load_tokenizer(tmp_path / "t").get_vocab_size() <= 250
+    config = {  # paths relative to the config file's folder
+        "corpus": os.path.relpath(corpus, tmp_path), "output": "run", "tokenizer": "t",
+        "model": {"d_model": 16, "n_layers": 1, "n_heads": 2, "d_ff": 32, "max_len": 32},
+        "max_len": 32, "batch_size": 4, "steps": 2, "eval_docs": 10, "chunk_docs": 16,
+    }  # fmt: skip
+    (tmp_path / "pretrain.yaml").write_text(yaml.safe_dump(config))
+    result = runner.invoke(pretrain_cmd, [str(tmp_path / "pretrain.yaml"), "--no-resume"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+    assert str(tmp_path / "run" / "final") in result.output
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**config, "stepz": 3}))
+    bad = runner.invoke(pretrain_cmd, [str(tmp_path / "bad.yaml")])
+    assert isinstance(bad.exception, InputError) and "unknown key 'stepz'" in str(bad.exception)

@@ -46,13 +46,15 @@ class Corpus:
                 f"corpus {self.path} has no '{TEXT}' column (columns: "
                 f"{', '.join(table.column_names)}); pass the output of `searchpipe ingest`"
             )
+        if TITLE in table.column_names and pa.types.is_null(table.schema.field(TITLE).type):
+            table = table.drop_columns([TITLE])  # a title column with no titles at all
         for col in (TEXT, TITLE):
-            if col in table.column_names and not pa.types.is_string(table.schema.field(col).type):
-                if not pa.types.is_large_string(table.schema.field(col).type):
-                    raise InputError(
-                        f"corpus {self.path}: column '{col}' is {table.schema.field(col).type}, "
-                        "expected string"
-                    )
+            kind = table.schema.field(col).type if col in table.column_names else pa.string()
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise InputError(
+                    f"corpus {self.path}: column '{col}' is {kind}, expected string; pass the "
+                    "output of `searchpipe ingest`"
+                )
         keep = [c for c in (TITLE, TEXT) if c in table.column_names]
         self.table = table.select(keep)
 
