@@ -576,6 +576,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
             metrics_path.write_text("".join(f"{x}\n" for x in kept), encoding="utf-8")
         print(f"resuming {out} from {last.name}", file=sys.stderr)
 
+    st_from = init_path  # keep the init model's pooling (and normalisation), if it has them
+
     def log(record: dict[str, Any]) -> None:
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -584,7 +586,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
         final = out / "checkpoints" / f"step-{step:06d}"
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        save_hf(model, tmp, tokenizer_from=tok_dir, max_seq_length=cfg.max_len)
+        save_hf(model, tmp, tok_dir, st_from, max_seq_length=cfg.max_len)
         torch.save(
             {
                 "step": step,
@@ -647,5 +649,5 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
     bar.close()
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
-    save_hf(model.cpu().eval(), final, tokenizer_from=tok_dir, max_seq_length=cfg.max_len)
+    save_hf(model.cpu().eval(), final, tok_dir, st_from, max_seq_length=cfg.max_len)
     return final
