@@ -62,7 +62,7 @@ class PretrainConfig(StrictModel):
 
     >>> cfg = load_config("configs/pretrain-tiny.yaml", PretrainConfig)
     >>> cfg.steps
-    600
+    800
     """
 
     corpus: Path  # Arrow IPC file from ingest (or a BEIR corpus.jsonl)
@@ -471,7 +471,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
     (for tests and time-boxed runs); the run resumes from its last checkpoint.
 
     >>> pretrain(load_config("configs/pretrain-tiny.yaml", PretrainConfig))
-    PosixPath('runs/pretrain-tiny/final')
+    PosixPath('configs/../runs/pretrain-tiny/final')
     """
     import torch
     from tqdm.auto import tqdm

@@ -82,7 +82,7 @@ class Embeddings(nn.Module):
         d = config.d_model
         self.learned = config.position == "learned"
         self.word_embeddings = nn.Embedding(config.vocab_size, d, padding_idx=config.pad_token_id)
-        if config.position == "learned":
+        if self.learned:
             self.position_embeddings = nn.Embedding(config.max_len, d)
         else:
             # a buffer, not a parameter: it is never trained, and not saved (it is recomputed)
@@ -101,10 +101,9 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]
-        x = self.word_embeddings(input_ids) + self.token_type_embeddings(
-            token_type_ids
-        )  # (B, T, D)
-        x = x + self.position_weight()[:T]  # (B, T, D), same summation order as BERT
+        x = self.word_embeddings(input_ids)  # (B, T, D)
+        x = x + self.token_type_embeddings(token_type_ids)  # (B, T, D)
+        x = x + self.position_weight()[:T]  # (B, T, D); BERT's summation order, for parity
         return self.dropout(self.LayerNorm(x))
 
 
