@@ -434,3 +434,19 @@ def test_no_unsafe_loaders_in_the_package() -> None:
         ):
             problems += [f"{f.name}: {m.group(0)}" for m in re.finditer(pattern, src)]
     assert problems == []
+
+
+def test_an_open_index_keeps_answering_after_its_version_is_removed(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    ids = [f"d{i}" for i in range(50)]
+    texts = [words_text(rng) for _ in ids]
+    build_fake(tmp_path / "ix", ids, texts)
+    reader = Index.open("ix", tmp_path)
+    dense_before = reader.search(text_vectors(texts[:5]), 3)[1]
+    lexical_before = reader.bm25.search(texts[:5], 3)[1]
+    for i in range(3):  # with 2 versions kept, the reader's folder is removed
+        delete_documents("ix", [ids[10 + i]], tmp_path)
+    assert not reader.version_dir.exists()
+    np.testing.assert_array_equal(reader.search(text_vectors(texts[:5]), 3)[1], dense_before)
+    np.testing.assert_array_equal(reader.bm25.search(texts[:5], 3)[1], lexical_before)
+    assert reader.docs.column(C.DOC_ID).to_pylist() == ids  # memory-mapped, still readable

@@ -106,7 +106,9 @@ def flip_all(
             served += 1
         except SearchpipeError:
             pass
-        path.write_bytes(original)
+        with open(path, "r+b") as f:  # restore the byte (rewriting whole files is slow)
+            f.seek(offset)
+            f.write(original[offset : offset + 1])
     counts = {"flips": len(positions), "caught_by_check": caught}
     if open_too:
         counts["refused_by_open"] = len(positions) - served
@@ -408,3 +410,22 @@ def test_killed_index_job_resumes_at_many_points(
     delay: float,
 ) -> None:
     print("\n" + kill_and_resume(tmp_path, monkeypatch, sample_home, sample_corpus, trigger, delay))
+
+
+@pytest.mark.xfail(
+    reason="pipeline.py writes _job.json/_done.json in place; the fix is in the issue-6 report",
+    strict=False,
+)
+def test_job_records_cut_short_by_a_kill_are_redone(tmp_path: Path, sample_corpus: Path) -> None:
+    """A kill during the write of a stage record leaves it truncated: the next run must redo
+    the stage, not fail on the JSON."""
+    from searchpipe.pipeline import Pipeline
+    from searchpipe.stages.ingest import Ingest
+
+    work = tmp_path / "job"
+    pipeline = Pipeline([Ingest(sample_corpus)])
+    first = [b.num_rows for b in pipeline.run_job(work)]
+    for record in ("_done.json", "_job.json"):
+        path = work / "01-ingest" / record
+        path.write_text(path.read_text()[:10])
+        assert [b.num_rows for b in pipeline.run_job(work)] == first
