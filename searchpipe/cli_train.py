@@ -1,0 +1,180 @@
+"""CLI commands for training our own models and tuning search settings.
+
+``searchpipe train reranker|embedder --data BEIR_DIR --output DIR`` and
+``searchpipe tune NAME --queries Q --qrels DEV_QRELS --output CONFIG.yaml``: thin wrappers over
+``searchpipe.training``; torch, transformers and datasets load inside the commands so
+``searchpipe --help`` stays fast. Registered on the root group with ``main.add_command(train)``
+and ``main.add_command(tune)``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from searchpipe.errors import InputError
+
+
+def _common(f: Any) -> Any:
+    options = [
+        click.option(
+            "--data", required=True, type=click.Path(path_type=Path),
+            help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
+        ),
+        click.option(
+            "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+            help="Folder for the trained model (work files go to OUTPUT/train/).",
+        ),
+        click.option("--split", default="train", show_default=True, help="qrels split to train on (never test)."),
+        click.option("--init", default="minilm", show_default=True, help="Starting weights: 'minilm' or a BERT / sentence-transformers folder."),
+        click.option("--index", default=None, help="An existing hybrid index of the same corpus to mine negatives from (default: build one under OUTPUT/train)."),
+        click.option("--epochs", type=float, default=None, help="Training epochs."),
+        click.option("--batch-size", type=int, default=None),
+        click.option("--lr", type=float, default=None, help="Peak learning rate."),
+        click.option("--max-length", type=int, default=None, help="Tokens per input (pair for the reranker)."),
+        click.option("--max-steps", type=int, default=None, help="Stop after this many steps (smoke runs)."),
+        click.option("--negatives", type=int, default=None, help="Mined hard negatives per (query, positive)."),
+        click.option("--depth", type=int, default=None, help="Hybrid candidates per query to mine from."),
+        click.option("--margin", type=float, default=None, help="False-negative guard: drop candidates the teacher scores >= margin x positive."),
+        click.option("--dev-fraction", type=float, default=None, help="Share of the split's queries held out for model selection."),
+        click.option("--seed", type=int, default=None),
+        click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML with the same settings (flags override it)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config(model: type, config_file: Path | None, **flags: Any) -> Any:
+    from searchpipe.config import validate
+
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        import yaml
+
+        if not config_file.is_file():
+            raise InputError(f"config {config_file} does not exist")
+        raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise InputError(f"config {config_file} must be a mapping of settings")
+    mining = dict(raw.pop("mining", None) or {})
+    for key in ("negatives", "depth", "margin"):
+        if flags.get(key) is not None:
+            mining[key] = flags[key]
+        flags.pop(key, None)
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    if mining:
+        raw["mining"] = mining
+    return validate(raw, model, source=str(config_file or "train options"))
+
+
+def _report(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    best = summary["dev_best"]
+    click.echo(
+        f"{summary['kind']} saved to {summary['output']}: {summary['steps']} steps on "
+        f"{summary['train_queries']} queries in {summary['seconds']:.0f}s; dev nDCG@10 "
+        f"{best if best is None else f'{best:.4f}'} ({summary['dev_queries']} held-out queries)"
+    )
+
+
+@click.group("train")
+def train() -> None:
+    """Train our own reranker or embedder on a BEIR dataset's train split."""
+
+
+@train.command("reranker")
+@_common
+def reranker_cmd(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+    """Fine-tune a cross-encoder on the qrels with hard negatives mined from our hybrid index.
+
+    The output folder is a sentence-transformers CrossEncoder: pass it to --rerank.
+    """
+    from searchpipe.training.train import RerankerTrainConfig, train_reranker
+
+    _report(train_reranker(_config(RerankerTrainConfig, config_file, **flags)), as_json)
+
+
+@train.command("embedder")
+@_common
+def embedder_cmd(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+    """Fine-tune the bi-encoder contrastively (in-batch + mined hard negatives).
+
+    The output folder is a SentenceTransformer model: pass it to `searchpipe index --model`.
+    """
+    from searchpipe.training.train import EmbedderTrainConfig, train_embedder
+
+    _report(train_embedder(_config(EmbedderTrainConfig, config_file, **flags)), as_json)
+
+
+@click.command("tune")
+@click.argument("name")
+@click.option(
+    "--queries",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Dev queries (JSONL/TSV/BEIR).",
+)
+@click.option(
+    "--qrels",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Dev qrels (never the test qrels).",
+)
+@click.option("--rerank", default=None, help="CrossEncoder folder: also sweep the rerank depth.")
+@click.option("--depths", default="20,50,100", show_default=True, help="Rerank depths to try.")
+@click.option("--rrf-ks", default="10,30,60,100", show_default=True, help="RRF constants to try.")
+@click.option(
+    "--max-ms", type=float, default=None, help="Only choose settings within this ms/query."
+)
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="YAML config to write (a search: section).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print every row and the choice as JSON.")
+@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def tune(
+    name: str, queries: Path, qrels: Path, rerank: str | None, depths: str, rrf_ks: str,
+    blends: str, max_ms: float | None, output: Path, as_json: bool, index_dir: Path | None,
+) -> None:  # fmt: skip
+    """Sweep fusion, its weights and RRF k, and rerank depth on dev QRELS; write the best."""
+    from searchpipe.training.tune import blend_supported, format_table, write_config
+    from searchpipe.training.tune import tune as run_tune
+
+    def ints(text: str, what: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise InputError(f"--{what} takes comma-separated integers, got {text!r}") from None
+        if not values or min(values) < 1:
+            raise InputError(f"--{what} needs positive integers, got {text!r}")
+        return values
+
+    def floats(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise InputError(f"--blends takes comma-separated numbers, got {text!r}") from None
+        if not values or min(values) < 0:
+            raise InputError(f"--blends needs numbers >= 0, got {text!r}")
+        return values
+
+    result = run_tune(
+        name, queries, qrels, rerank=rerank, depths=ints(depths, "depths"),
+        rrf_ks=ints(rrf_ks, "rrf-ks"), max_ms=max_ms, index_root=index_dir,
+        blends=floats(blends) if blend_supported() else (0.0,),
+    )  # fmt: skip
+    path = write_config(result["search"], output, queries, name)
+    if as_json:
+        click.echo(json.dumps({**result, "config": str(path)}, indent=2, default=str))
+        return
+    click.echo(format_table(result["rows"], result["best"]))
+    click.echo(f"({result['queries']} dev queries; ms/q measured in batch) wrote {path}")

@@ -1,0 +1,153 @@
+"""Compare two or more runs on the same qrels with a paired significance test (ranx ``compare``).
+
+The first run is the baseline; every other run is tested against it per metric with a
+two-sided paired Student's t-test (``student``) or Fisher's randomization test (``fisher``),
+both computed by ranx over the per-query scores. Judged queries that a run does not answer
+count as zeros, as in ``searchpipe.evaluate``.
+
+>>> a = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d3": 1.0}}
+>>> r = compare_runs({"a": a, "b": a}, {"q1": {"d1": 1}, "q2": {"d3": 1}}, ("ndcg@10",))
+>>> r["comparisons"][0]["p_value"], r["comparisons"][0]["significant"]
+(1.0, False)
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from searchpipe.errors import InputError
+from searchpipe.evaluate import DEFAULT_METRICS, _ranx, read_qrels, read_run
+
+STAT_TESTS = ("student", "fisher")
+
+Run = dict[str, dict[str, float]]
+
+
+def _named_runs(runs: Any) -> dict[str, Run]:
+    """``{name: run}`` from a mapping or a sequence of run files / run dicts."""
+    items = runs.items() if isinstance(runs, dict) else ((str(r), r) for r in runs)
+    named: dict[str, Run] = {}
+    for name, run in items:
+        if str(name) in named:
+            raise InputError(f"run {name} is given twice; compare distinct runs")
+        named[str(name)] = read_run(run) if isinstance(run, str | Path) else run
+    if len(named) < 2:
+        raise InputError(f"comparing needs at least two runs, got {len(named)}")
+    return named
+
+
+def compare_runs(
+    runs: Any,
+    qrels: str | Path | dict[str, dict[str, int]],
+    metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
+    stat_test: str = "student",
+    max_p: float = 0.05,
+    n_permutations: int = 1000,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Score each run and test every later run against the first (the baseline).
+
+    ``runs``: a ``{name: run}`` mapping or a list of run files (names are the paths); a run is
+    a file (Arrow or TREC) or a ``{query_id: {doc_id: score}}`` dict. Returns::
+
+        {"stat_test": ..., "max_p": ..., "metrics": [...], "queries": n, "baseline": name,
+         "scores": {name: {metric: mean}},
+         "comparisons": [{"run", "baseline", "metric", "delta", "p_value", "significant",
+                          "wins", "ties", "losses"}, ...]}
+    """
+    if stat_test not in STAT_TESTS:
+        raise InputError(f"stat_test {stat_test!r} is not one of {', '.join(STAT_TESTS)}")
+    if not 0 < max_p < 1:
+        raise InputError(f"max_p must be between 0 and 1, got {max_p}")
+    import numpy as np
+    from ranx import compare
+
+    qrels_d = read_qrels(qrels) if not isinstance(qrels, dict) else qrels
+    named = _named_runs(runs)
+    metrics = list(metrics)
+    ranx_qrels = None
+    ranx_runs = []
+    for name, run in named.items():
+        ranx_qrels, rr = _ranx(qrels_d, run, name=name)
+        ranx_runs.append(rr)
+    try:
+        with warnings.catch_warnings():  # numba's note on a uint64 cast inside ranx
+            warnings.simplefilter("ignore")
+            report = compare(
+                ranx_qrels,
+                ranx_runs,
+                metrics,
+                stat_test=stat_test,
+                max_p=max_p,
+                n_permutations=n_permutations,
+                random_seed=seed,
+                make_comparable=True,
+                rounding_digits=6,
+            )
+    except (ValueError, KeyError) as e:
+        raise InputError(f"cannot compare on {', '.join(metrics)}: {e}") from None
+
+    names = list(named)
+    baseline = names[0]
+    scores = {n: {m: round(float(report.results[n][m]), 6) for m in metrics} for n in names}
+    comparisons = []
+    for name in names[1:]:
+        for m in metrics:
+            p = float(report.comparisons[frozenset([baseline, name])][m]["p_value"])
+            wtl = report.win_tie_loss[(name, baseline)][m]
+            if not np.isfinite(p):  # identical per-query scores: no difference to test
+                p = 1.0
+            comparisons.append(
+                {
+                    "run": name,
+                    "baseline": baseline,
+                    "metric": m,
+                    "delta": round(scores[name][m] - scores[baseline][m], 6),
+                    "p_value": p,
+                    "significant": bool(p < max_p),
+                    "wins": wtl["W"],
+                    "ties": wtl["T"],
+                    "losses": wtl["L"],
+                }
+            )
+    return {
+        "stat_test": stat_test,
+        "max_p": max_p,
+        "metrics": metrics,
+        "queries": len(qrels_d),
+        "baseline": baseline,
+        "scores": scores,
+        "comparisons": comparisons,
+    }
+
+
+def format_comparison(result: dict[str, Any], width: int = 40) -> str:
+    """A plain-text table: one row per run, each metric with its delta, p-value and a ``*``
+    where the difference to the baseline is significant."""
+    metrics = result["metrics"]
+    by_run: dict[str, dict[str, dict[str, Any]]] = {}
+    for c in result["comparisons"]:
+        by_run.setdefault(c["run"], {})[c["metric"]] = c
+    cell = 26
+    lines = [f"{'run':<{width}}" + "".join(f"{m:>{cell}}" for m in metrics)]
+    for name, scores in result["scores"].items():
+        row = f"{name[-width:]:<{width}}"
+        for m in metrics:
+            c = by_run.get(name, {}).get(m)
+            if c is None:
+                text = f"{scores[m]:.4f} (baseline)"
+            else:
+                star = "*" if c["significant"] else " "
+                text = f"{scores[m]:.4f} {c['delta']:+.4f} p={c['p_value']:.3f}{star}"
+            row += f"{text:>{cell}}"
+        lines.append(row)
+    test = {"student": "paired t-test", "fisher": "Fisher's randomization test"}[
+        result["stat_test"]
+    ]
+    lines.append(
+        f"({result['queries']} judged queries; * = differs from {result['baseline']} "
+        f"at p < {result['max_p']}, {test})"
+    )
+    return "\n".join(lines)

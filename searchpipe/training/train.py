@@ -1,0 +1,704 @@
+"""Train our own reranker (cross-encoder) and embedder (bi-encoder) on a BEIR train split.
+
+Our code is the data: read one qrels split (never ``test``), hold out a deterministic dev
+slice of its queries, mine hard negatives from our own hybrid index of the corpus with a guard
+against false negatives, and hand sentence-transformers' trainers and losses the resulting
+datasets. Everything a run computes is kept under ``OUTPUT/train/`` so a re-run resumes:
+
+    OUTPUT/train/split.json            train / dev query ids (the dev slice is never trained on)
+    OUTPUT/train/dev-queries.jsonl     the dev slice as queries + qrels, for ``searchpipe tune``
+    OUTPUT/train/dev-qrels.tsv
+    OUTPUT/train/indexes/              the mining index (hybrid: dense + BM25), if built here
+    OUTPUT/train/mined-<fp>.arrow      first-stage candidates with teacher scores, per query
+    OUTPUT/train/checkpoints/          trainer checkpoints (resumed from the last one)
+    OUTPUT/                            the final model folder (CrossEncoder / SentenceTransformer)
+
+The false-negative guard uses the mining index's bi-encoder as teacher: a candidate is
+dropped when its teacher score reaches ``margin`` times the query's weakest positive's score
+(unjudged near-duplicates of a positive are more often relevant than not), and judged
+positives are never negatives.
+
+>>> train_reranker(RerankerTrainConfig(data="beir/scifact", output="models/rr"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from searchpipe import columns as C
+from searchpipe.config import StrictModel
+from searchpipe.errors import InputError, RunError
+
+log = logging.getLogger("searchpipe")
+
+TEACHER_SCORE = "teacher_score"
+WORK = "train"
+MINED_SCHEMA = pa.schema(
+    [
+        (C.QUERY_ID, pa.string()),
+        (C.DOC_ROW, pa.int64()),
+        (C.RANK, pa.int32()),
+        (TEACHER_SCORE, pa.float32()),
+    ]
+)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+class MiningConfig(StrictModel):
+    """Hard-negative mining from the hybrid first stage."""
+
+    depth: int = Field(default=50, ge=2)  # candidates per query from the hybrid index
+    negatives: int = Field(default=7, ge=1)  # hard negatives kept per (query, positive)
+    margin: float = Field(
+        default=0.95, gt=0, le=1
+    )  # drop candidates the teacher scores >= margin x positive
+    sample: bool = True  # draw negatives at random among the guarded candidates, else the top ones
+
+
+class TrainConfig(StrictModel):
+    """Settings shared by both trainers (``searchpipe train reranker|embedder``)."""
+
+    data: Path  # a BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+    output: Path
+    split: str = "train"
+    init: str = "minilm"  # starting weights: 'minilm' or a BERT / sentence-transformers folder
+    index: str | None = None  # an existing hybrid index of the same corpus to mine from
+    dev_fraction: float = Field(default=0.1, gt=0, lt=1)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=32, ge=2)
+    lr: float = Field(default=2e-5, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=256, ge=8)
+    max_steps: int = -1  # > 0: stop after this many optimiser steps (tests, smoke runs)
+    eval_queries: int = Field(default=200, ge=1)  # cap on dev queries used for model selection
+    eval_depth: int = Field(default=20, ge=1)  # first-stage candidates re-scored per dev query
+    precision: str = "auto"
+    seed: int = 42
+    mining: MiningConfig = MiningConfig()
+    progress: bool | None = None  # default: progress bars when stderr is a terminal
+
+
+class RerankerTrainConfig(TrainConfig):
+    """Cross-encoder: binary cross-entropy on (query, doc) pairs, positives up-weighted."""
+
+    lr: float = Field(default=3e-5, gt=0)
+    batch_size: int = Field(default=32, ge=2)
+
+
+class EmbedderTrainConfig(TrainConfig):
+    """Bi-encoder: multiple-negatives ranking loss (in-batch + mined hard negatives)."""
+
+    mining: MiningConfig = MiningConfig(depth=30, negatives=1)
+    scale: float = Field(default=20.0, gt=0)  # inverse temperature of the contrastive softmax
+
+
+# --- data -----------------------------------------------------------------------------------
+
+
+def read_split(data: Path, split: str) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """Queries (``query_id``, ``text``) judged in ``qrels/<split>.tsv``, and those qrels.
+
+    Only that one qrels file is opened; asking for ``test`` is refused, so no test judgement
+    can reach training or tuning.
+    """
+    from searchpipe.evaluate import read_qrels
+    from searchpipe.stages.ingest import read_queries
+
+    if split == "test":
+        raise InputError(
+            "training on the test split is refused; train on 'train' (a dev slice of it is "
+            "held out for model selection) and evaluate on 'test'"
+        )
+    data = Path(data)
+    qrels_path = data / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        have = sorted(p.stem for p in (data / "qrels").glob("*.tsv")) if data.is_dir() else []
+        raise InputError(
+            f"{qrels_path} does not exist; {data} has qrels splits {have or 'none'}: pass "
+            "--data a BEIR folder with a train split"
+        )
+    qrels = {q: d for q, d in read_qrels(qrels_path).items() if any(r > 0 for r in d.values())}
+    table = read_queries(data)
+    keep = pa.array([q in qrels for q in table.column(C.QUERY_ID).to_pylist()])
+    table = table.filter(keep)
+    missing = set(qrels) - set(table.column(C.QUERY_ID).to_pylist())
+    if missing:
+        raise InputError(
+            f"{qrels_path} judges {len(missing)} queries that {data}/queries.jsonl lacks "
+            f"(e.g. {sorted(missing)[0]!r})"
+        )
+    return table, qrels
+
+
+def dev_split(query_ids: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic (train, dev) partition of ``query_ids``: the dev slice is the ``fraction``
+    of ids with the smallest seeded hash, so it does not depend on file order.
+
+    >>> train, dev = dev_split([f"q{i}" for i in range(20)], 0.1, seed=0)
+    >>> len(train), len(dev), set(train) & set(dev)
+    (18, 2, set())
+    """
+    ids = sorted(set(query_ids))
+    ranked = sorted(ids, key=lambda q: hashlib.sha256(f"{seed}:{q}".encode()).hexdigest())
+    n_dev = min(max(1, round(fraction * len(ids))), len(ids) - 1) if len(ids) > 1 else 0
+    dev = set(ranked[:n_dev])
+    return [q for q in ids if q not in dev], [q for q in ids if q in dev]
+
+
+def hard_negatives(
+    candidates: pa.Table,
+    qrels: dict[str, dict[str, int]],
+    doc_ids: list[str],
+    n: int,
+    margin: float,
+    sample: bool = True,
+    seed: int = 0,
+) -> dict[str, list[int]]:
+    """Doc rows of up to ``n`` hard negatives per query, from mined ``candidates``.
+
+    A candidate is dropped when it is judged for the query (any label: positives are not
+    negatives, and judged non-relevant ones are kept out for simplicity of the contract) or
+    when the teacher scores it at least ``margin`` times the query's weakest judged positive
+    (a likely false negative). Kept candidates are drawn at random (``sample``) or taken in
+    first-stage rank order.
+    """
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {}
+    qid_col = candidates.column(C.QUERY_ID).to_pylist()
+    rows = candidates.column(C.DOC_ROW).to_numpy()
+    ranks = candidates.column(C.RANK).to_numpy()
+    teacher = candidates.column(TEACHER_SCORE).to_numpy()
+    by_query: dict[str, list[int]] = {}
+    for i, q in enumerate(qid_col):
+        by_query.setdefault(q, []).append(i)
+    for q, idx in by_query.items():
+        judged = qrels.get(q, {})
+        positives = {d for d, r in judged.items() if r > 0}
+        pos_scores = [teacher[i] for i in idx if doc_ids[rows[i]] in positives]
+        # positives the first stage missed have no mined teacher score: fall back to the
+        # candidates' own best score, so the guard still removes the top near-duplicates
+        ceiling = margin * (min(pos_scores) if pos_scores else float(teacher[idx].max()))
+        keep = [
+            i
+            for i in sorted(idx, key=lambda i: ranks[i])
+            if doc_ids[rows[i]] not in judged and teacher[i] < ceiling
+        ]
+        if sample and len(keep) > n:
+            keep = sorted(rng.choice(keep, size=n, replace=False).tolist(), key=lambda i: ranks[i])
+        out[q] = [int(rows[i]) for i in keep[:n]]
+    return out
+
+
+def doc_texts(index: Any, rows: Iterable[int]) -> dict[int, str]:
+    """The text the models see for each doc row (title and text joined, as ``Embed`` does)."""
+    from searchpipe.stages.embed import joined_text
+
+    rows = sorted(set(int(r) for r in rows))
+    if not rows:
+        return {}
+    docs = index.docs.take(pa.array(rows, pa.int64())).combine_chunks()
+    texts = joined_text(docs.to_batches()[0], (C.TITLE, C.TEXT))
+    return dict(zip(rows, texts, strict=True))
+
+
+def write_dev_files(
+    work: Path, queries: pa.Table, qrels: dict[str, dict[str, int]], dev_ids: list[str]
+) -> None:
+    """``dev-queries.jsonl`` and ``dev-qrels.tsv``: the held-out slice, for ``searchpipe tune``."""
+    dev = set(dev_ids)
+    lines = [
+        json.dumps({"_id": q, "text": t})
+        for q, t in zip(
+            queries.column(C.QUERY_ID).to_pylist(), queries.column(C.TEXT).to_pylist(), strict=True
+        )
+        if q in dev
+    ]
+    (work / "dev-queries.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = [f"{q}\t{d}\t{r}" for q in dev_ids for d, r in qrels[q].items()]
+    (work / "dev-qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n", encoding="utf-8"
+    )
+
+
+# --- mining ---------------------------------------------------------------------------------
+
+
+def mining_index(cfg: TrainConfig, work: Path, progress: bool | None) -> Any:
+    """The hybrid index to mine from: ``cfg.index`` if given, else one built under ``work``."""
+    from searchpipe.api import build_index, open_index
+    from searchpipe.stages.ingest import corpus_file
+
+    if cfg.index is not None:
+        index = open_index(cfg.index)
+        expected = hashlib.sha256(corpus_file(Path(cfg.data)).read_bytes()).hexdigest()
+        if index.manifest.get("corpus", {}).get("sha256") not in (None, expected):
+            raise InputError(
+                f"index {cfg.index} was built from another corpus than {cfg.data}; pass an index "
+                "of the same corpus, or leave out --index to build one"
+            )
+    else:
+        name = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(cfg.data).name)
+        index = build_index(
+            corpus=cfg.data,
+            name=name.lstrip(".") or "corpus",
+            model="minilm",
+            index_root=work / "indexes",
+            progress=progress,
+        )
+    if "bm25" not in index.manifest:
+        log.warning("index %s has no BM25 part; mining from dense retrieval alone", index.name)
+    return index
+
+
+def mine(
+    index: Any, queries: pa.Table, depth: int, work: Path, progress: bool | None = None
+) -> pa.Table:
+    """Hybrid top-``depth`` candidates of ``queries`` with their teacher (bi-encoder) scores.
+
+    Cached as Arrow under ``work``, keyed by the index version and the queries.
+    """
+    from searchpipe.api import Searcher
+
+    key = hashlib.sha256(
+        json.dumps(
+            [
+                index.manifest.get("build_fingerprint") or index.manifest["files"],
+                depth,
+                queries.column(C.QUERY_ID).to_pylist(),
+                queries.column(C.TEXT).to_pylist(),
+            ]
+        ).encode()
+    ).hexdigest()[:16]
+    cache = work / f"mined-{key}.arrow"
+    if cache.is_file():
+        return pa.ipc.open_file(pa.memory_map(str(cache))).read_all()
+    t0 = time.perf_counter()
+    searcher = Searcher(index, retriever="auto")
+    hits = []
+    batches = queries.to_batches(max_chunksize=64)
+    for batch in _bar(batches, "mine", progress, unit="batch"):
+        hits.append(searcher.search_batch(pa.Table.from_batches([batch]), k=depth))
+    table = pa.concat_tables(hits)
+    teacher = teacher_scores(index, searcher.encoder, queries, table)
+    mined = pa.table(
+        [
+            table.column(C.QUERY_ID),
+            table.column(C.DOC_ROW).cast(pa.int64()),
+            table.column(C.RANK).cast(pa.int32()),
+            pa.array(teacher, pa.float32()),
+        ],
+        schema=MINED_SCHEMA,
+    )
+    tmp = cache.with_suffix(".tmp")
+    with pa.ipc.new_file(str(tmp), MINED_SCHEMA) as writer:
+        writer.write_table(mined)
+    os.replace(tmp, cache)
+    log.info(
+        "mined %d candidates for %d queries in %.1fs",
+        mined.num_rows,
+        queries.num_rows,
+        time.perf_counter() - t0,
+    )
+    return mined
+
+
+def teacher_scores(index: Any, encoder: Any, queries: pa.Table, hits: pa.Table) -> np.ndarray:
+    """Bi-encoder similarity of each (query, hit): query embeddings against the index's stored
+    vectors (re-embedding the docs only when the FAISS index cannot give them back)."""
+    qvec = encoder.encode(queries.column(C.TEXT).to_pylist())  # (Q, D)
+    qpos = {q: i for i, q in enumerate(queries.column(C.QUERY_ID).to_pylist())}
+    rows = hits.column(C.DOC_ROW).to_numpy()
+    unique, inverse = np.unique(rows, return_inverse=True)
+    dvec = stored_vectors(index, unique)
+    if dvec is None:
+        texts = doc_texts(index, unique.tolist())
+        dvec = encoder.encode([texts[int(r)] for r in unique])  # (U, D)
+    qi = np.fromiter((qpos[q] for q in hits.column(C.QUERY_ID).to_pylist()), dtype=np.int64)
+    return np.einsum("nd,nd->n", qvec[qi], dvec[inverse]).astype(np.float32)
+
+
+def stored_vectors(index: Any, rows: np.ndarray) -> np.ndarray | None:
+    """Vectors of ``rows`` from the FAISS index, or None where it does not keep them."""
+    fi = index.faiss_index
+    try:
+        if hasattr(fi, "make_direct_map"):
+            fi.make_direct_map()
+        return np.stack([fi.reconstruct(int(r)) for r in rows]).astype(np.float32)
+    except RuntimeError:
+        return None
+
+
+# --- orchestration --------------------------------------------------------------------------
+
+
+def _bar(items: Any, desc: str, progress: bool | None, **kw: Any) -> Any:
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    return tqdm(items, desc=desc, disable=not show, **kw)
+
+
+class Prepared:
+    """What both trainers need: splits, mining index, doc texts and hard negatives."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.work = Path(cfg.output) / WORK
+        self.work.mkdir(parents=True, exist_ok=True)
+        queries, qrels = read_split(Path(cfg.data), cfg.split)
+        train_ids, dev_ids = dev_split(qrels, cfg.dev_fraction, cfg.seed)
+        if not train_ids or not dev_ids:
+            raise InputError(
+                f"{cfg.data}/qrels/{cfg.split}.tsv has {len(qrels)} judged queries; training "
+                "needs at least 2 (one to train on, one for the dev slice)"
+            )
+        split_file = self.work / "split.json"
+        split = {"split": cfg.split, "seed": cfg.seed, "train": train_ids, "dev": dev_ids}
+        if split_file.is_file() and json.loads(split_file.read_text()) != split:
+            raise InputError(
+                f"{split_file} holds another train/dev split (different data, split or seed); "
+                "use a new --output folder or delete it"
+            )
+        split_file.write_text(json.dumps(split))
+        write_dev_files(self.work, queries, qrels, dev_ids)
+        self.qrels = qrels
+        self.train_ids, self.dev_ids = train_ids, dev_ids
+        self.query_text = dict(
+            zip(
+                queries.column(C.QUERY_ID).to_pylist(),
+                queries.column(C.TEXT).to_pylist(),
+                strict=True,
+            )
+        )
+        self.index = mining_index(cfg, self.work, cfg.progress)
+        self.doc_ids = self.index.docs.column(C.DOC_ID).to_pylist()
+        self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
+        unknown = {d for q in qrels.values() for d in q if d not in self.doc_row}
+        if unknown:
+            log.warning(
+                "%d judged doc ids are not in the corpus (e.g. %r); they are skipped",
+                len(unknown),
+                sorted(unknown)[0],
+            )
+        self.candidates = mine(self.index, queries, cfg.mining.depth, self.work, cfg.progress)
+        self.negatives = hard_negatives(
+            self.candidates,
+            qrels,
+            self.doc_ids,
+            cfg.mining.negatives,
+            cfg.mining.margin,
+            cfg.mining.sample,
+            cfg.seed,
+        )
+        needed = [r for q in qrels for r in self.negatives.get(q, [])]
+        needed += [self.doc_row[d] for q in qrels.values() for d in q if d in self.doc_row]
+        needed += self.candidates.column(C.DOC_ROW).to_pylist()
+        self.texts = doc_texts(self.index, needed)
+
+    def positives(self, q: str) -> list[int]:
+        return [self.doc_row[d] for d, r in self.qrels[q].items() if r > 0 and d in self.doc_row]
+
+    def examples(self, ids: list[str]) -> list[tuple[str, int, list[int]]]:
+        """(query text, positive row, negative rows) for each judged positive of ``ids``."""
+        return [
+            (self.query_text[q], p, self.negatives.get(q, []))
+            for q in ids
+            for p in self.positives(q)
+        ]
+
+    def dev_samples(self) -> list[dict[str, Any]]:
+        """Dev queries with their positives and first-stage candidates, for model selection."""
+        rng = np.random.default_rng(self.cfg.seed)
+        ids = list(self.dev_ids)
+        if len(ids) > self.cfg.eval_queries:
+            ids = sorted(rng.choice(ids, size=self.cfg.eval_queries, replace=False).tolist())
+        cand: dict[str, list[int]] = {}
+        for q, r in zip(
+            self.candidates.column(C.QUERY_ID).to_pylist(),
+            self.candidates.column(C.DOC_ROW).to_pylist(),
+            strict=True,
+        ):
+            cand.setdefault(q, []).append(r)
+        samples = []
+        for q in ids:
+            pos = self.positives(q)
+            if not pos:
+                continue
+            docs = cand.get(q, [])[: self.cfg.eval_depth]
+            samples.append(
+                {
+                    "query": self.query_text[q],
+                    "positive": [self.texts[p] for p in pos],
+                    "documents": [self.texts[r] for r in docs],
+                    "negative": [self.texts[r] for r in docs if r not in pos],
+                }
+            )
+        return samples
+
+
+def _trainer_args(
+    cls: Any, cfg: TrainConfig, work: Path, steps_per_epoch: int, **extra: Any
+) -> Any:
+    from searchpipe.models.precision import resolve_precision
+
+    bf16 = resolve_precision(cfg.precision) == "bf16"
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    # evaluate (and checkpoint) about twice per epoch, at least once per run
+    every = max(1, min(total, math.ceil(steps_per_epoch / 2)))
+    return cls(
+        output_dir=str(work / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        warmup_steps=math.ceil(cfg.warmup_ratio * total),
+        bf16=bf16,
+        use_cpu=not _cuda(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        eval_strategy="steps",
+        eval_steps=every,
+        save_strategy="steps",
+        save_steps=every,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        logging_steps=max(1, every // 4),
+        disable_tqdm=not progress,
+        report_to="none",
+        dataloader_num_workers=0,
+        **extra,
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _last_checkpoint(work: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = work / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def _quiet() -> None:
+    from searchpipe.models.biencoder import quiet_transformers
+
+    quiet_transformers()
+    for name in ("transformers.trainer", "accelerate", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+
+def _summary(
+    cfg: TrainConfig, prep: Prepared, trainer: Any, t0: float, kind: str
+) -> dict[str, Any]:
+    best = trainer.state.best_metric
+    summary = {
+        "kind": kind,
+        "output": str(cfg.output),
+        "init": cfg.init,
+        "train_queries": len(prep.train_ids),
+        "dev_queries": len(prep.dev_ids),
+        "steps": trainer.state.global_step,
+        "dev_metric": trainer.args.metric_for_best_model,
+        "dev_best": round(float(best), 6) if best is not None else None,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": json.loads(cfg.model_dump_json()),
+    }
+    (Path(cfg.output) / "searchpipe_train.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _check_output(cfg: TrainConfig) -> None:
+    out = Path(cfg.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; pass a folder for the trained model")
+    if Path(cfg.data).resolve() == out.resolve():
+        raise InputError("--output must not be the --data folder")
+
+
+def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
+    """Fine-tune a cross-encoder on ``cfg.split`` with mined hard negatives; save it to
+    ``cfg.output`` as a CrossEncoder folder (loadable by ``--rerank``)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import (
+        CrossEncoder,
+        CrossEncoderTrainer,
+        CrossEncoderTrainingArguments,
+    )
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+
+    from searchpipe.models.resolve import resolve_model
+
+    _check_output(cfg)
+    _quiet()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    prep = Prepared(cfg)
+    pairs: dict[str, list[Any]] = {"query": [], "document": [], "label": []}
+    for query, pos, negs in prep.examples(prep.train_ids):
+        for row, label in [(pos, 1.0), *((n, 0.0) for n in negs)]:
+            pairs["query"].append(query)
+            pairs["document"].append(prep.texts[row])
+            pairs["label"].append(label)
+    if not pairs["query"]:
+        raise InputError(f"no training pairs: no judged positive of {cfg.split} is in the corpus")
+    train = Dataset.from_dict(pairs).shuffle(seed=cfg.seed)
+    ref = resolve_model(cfg.init)
+    try:
+        model = CrossEncoder(
+            str(ref.path),
+            num_labels=1,
+            max_length=cfg.max_length,
+            device="cuda" if _cuda() else "cpu",
+            local_files_only=True,
+        )
+    except Exception as e:
+        raise InputError(
+            f"--init {cfg.init} could not be loaded as a BERT / CrossEncoder folder "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
+    if model.num_labels != 1:
+        raise InputError(f"--init {cfg.init} has {model.num_labels} labels; a reranker needs 1")
+    # positives are 1 in (1 + negatives) pairs: weight them up so both classes count alike
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(cfg.mining.negatives)))
+    evaluator = CrossEncoderRerankingEvaluator(
+        [{k: s[k] for k in ("query", "positive", "documents")} for s in prep.dev_samples()],
+        at_k=10,
+        always_rerank_positives=False,
+        name="dev",
+        batch_size=cfg.batch_size * 2,
+        write_csv=False,
+    )
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    args = _trainer_args(
+        CrossEncoderTrainingArguments,
+        cfg,
+        prep.work,
+        steps_per_epoch,
+        metric_for_best_model="eval_dev_ndcg@10",
+        greater_is_better=True,
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=train, loss=loss, evaluator=evaluator
+    )
+    log.info(
+        "train reranker: %d pairs from %d queries (%d dev), %d steps/epoch",
+        len(train),
+        len(prep.train_ids),
+        len(prep.dev_ids),
+        steps_per_epoch,
+    )
+    try:
+        trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
+    except (RuntimeError, ValueError) as e:
+        raise RunError(f"reranker training failed: {str(e).splitlines()[0][:200]}") from None
+    model.save(str(cfg.output))
+    return _summary(cfg, prep, trainer, t0, "reranker")
+
+
+def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
+    """Fine-tune a bi-encoder contrastively (in-batch + mined hard negatives, no duplicate
+    texts in a batch); save it to ``cfg.output`` as a SentenceTransformer folder."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers.sentence_transformer.evaluation import RerankingEvaluator
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from searchpipe.models.resolve import resolve_model
+
+    _check_output(cfg)
+    _quiet()
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    prep = Prepared(cfg)
+    n_neg = cfg.mining.negatives
+    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
+    for i in range(n_neg):
+        columns[f"negative_{i + 1}"] = []
+    for query, pos, negs in prep.examples(prep.train_ids):
+        if len(negs) < n_neg:  # every row needs the same number of columns
+            continue
+        columns["anchor"].append(query)
+        columns["positive"].append(prep.texts[pos])
+        for i, n in enumerate(negs[:n_neg]):
+            columns[f"negative_{i + 1}"].append(prep.texts[n])
+    if not columns["anchor"]:
+        raise InputError(
+            f"no training triples: no query of {cfg.split} has a judged positive in the corpus "
+            f"and {n_neg} guarded hard negatives; lower --negatives or raise --depth"
+        )
+    train = Dataset.from_dict(columns).shuffle(seed=cfg.seed)
+    ref = resolve_model(cfg.init)
+    try:
+        model = SentenceTransformer(
+            str(ref.path), device="cuda" if _cuda() else "cpu", local_files_only=True
+        )
+    except Exception as e:
+        raise InputError(
+            f"--init {cfg.init} could not be loaded as a sentence-transformers / BERT folder "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from None
+    model.max_seq_length = cfg.max_length
+    loss = MultipleNegativesRankingLoss(model, scale=cfg.scale)
+    evaluator = RerankingEvaluator(
+        [{k: s[k] for k in ("query", "positive", "negative")} for s in prep.dev_samples()],
+        at_k=10,
+        name="dev",
+        batch_size=cfg.batch_size * 2,
+        write_csv=False,
+    )
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    args = _trainer_args(
+        SentenceTransformerTrainingArguments,
+        cfg,
+        prep.work,
+        steps_per_epoch,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        metric_for_best_model="eval_dev_ndcg@10",
+        greater_is_better=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train, loss=loss, evaluator=evaluator
+    )
+    log.info(
+        "train embedder: %d triples from %d queries (%d dev), %d steps/epoch",
+        len(train),
+        len(prep.train_ids),
+        len(prep.dev_ids),
+        steps_per_epoch,
+    )
+    try:
+        trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
+    except (RuntimeError, ValueError) as e:
+        raise RunError(f"embedder training failed: {str(e).splitlines()[0][:200]}") from None
+    model.save(str(cfg.output))
+    return _summary(cfg, prep, trainer, t0, "embedder")

@@ -1,0 +1,286 @@
+"""Training our own models, mining, dev split, tuning and run comparison, on a tiny BEIR folder.
+
+The tiny dataset is 40 documents of the bundled sample corpus; its 24 queries are the first
+words of a document (the document is the positive). Queries 0-19 are judged in ``train``,
+20-23 in ``test``, which training must never open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from searchpipe import columns as C
+from searchpipe.compare import compare_runs, format_comparison
+from searchpipe.errors import InputError
+from searchpipe.training.train import (
+    TEACHER_SCORE,
+    EmbedderTrainConfig,
+    MiningConfig,
+    Prepared,
+    RerankerTrainConfig,
+    dev_split,
+    hard_negatives,
+    read_split,
+)
+
+SAMPLE = Path(__file__).resolve().parents[1] / "searchpipe" / "data" / "sample" / "corpus.jsonl"
+
+
+def make_beir(folder: Path, n_docs: int = 40, n_train: int = 20, n_test: int = 4) -> Path:
+    docs = [json.loads(line) for line in SAMPLE.read_text().splitlines()][:n_docs]
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    queries = [
+        {"_id": f"q{i:02d}", "text": " ".join(d["text"].split()[:8])}
+        for i, d in enumerate(docs[: n_train + n_test])
+    ]
+    (folder / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in queries))
+    header = "query-id\tcorpus-id\tscore\n"
+    train = "".join(f"q{i:02d}\t{docs[i]['_id']}\t1\n" for i in range(n_train))
+    test = "".join(f"q{i:02d}\t{docs[i]['_id']}\t1\n" for i in range(n_train, n_train + n_test))
+    (folder / "qrels" / "train.tsv").write_text(header + train)
+    (folder / "qrels" / "test.tsv").write_text(header + test)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """(BEIR folder, SEARCHPIPE_HOME holding its hybrid index 'tiny')."""
+    from searchpipe.api import build_index
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_beir(root / "beir")
+    old = os.environ.get("SEARCHPIPE_HOME")
+    os.environ["SEARCHPIPE_HOME"] = str(root)
+    try:
+        build_index(corpus=data, name="tiny", progress=False)
+        yield data, root
+    finally:
+        if old is None:
+            os.environ.pop("SEARCHPIPE_HOME")
+        else:
+            os.environ["SEARCHPIPE_HOME"] = old
+
+
+@pytest.fixture
+def no_test_qrels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every qrels file opened; a test asserts no test split is among them."""
+    import searchpipe.evaluate as ev
+
+    opened: list[str] = []
+    real = ev.read_qrels
+
+    def recording(path):  # type: ignore[no-untyped-def]
+        opened.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(ev, "read_qrels", recording)
+    return opened
+
+
+def test_dev_split_is_deterministic_disjoint_and_complete() -> None:
+    ids = [f"q{i}" for i in range(100)]
+    train, dev = dev_split(ids, 0.1, seed=7)
+    assert (train, dev) == dev_split(list(reversed(ids)), 0.1, seed=7)
+    assert len(dev) == 10 and not set(train) & set(dev)
+    assert set(train) | set(dev) == set(ids)
+    assert dev != dev_split(ids, 0.1, seed=8)[1]
+
+
+def test_read_split_refuses_test_and_missing_splits(tiny) -> None:
+    data, _ = tiny
+    with pytest.raises(InputError, match="test split is refused"):
+        read_split(data, "test")
+    with pytest.raises(InputError, match="has qrels splits"):
+        read_split(data, "dev")
+
+
+def test_hard_negatives_exclude_judged_docs_and_likely_false_negatives() -> None:
+    doc_ids = ["pos", "near", "judged0", "easy", "other", "pos2"]
+    cands = pa.table(
+        {
+            C.QUERY_ID: ["q"] * 5,
+            C.DOC_ROW: pa.array([1, 0, 2, 3, 4], pa.int64()),
+            C.RANK: pa.array([1, 2, 3, 4, 5], pa.int32()),
+            TEACHER_SCORE: pa.array([0.79, 0.80, 0.6, 0.3, 0.5], pa.float32()),
+        }
+    )
+    qrels = {"q": {"pos": 1, "judged0": 0}}
+    negs = hard_negatives(cands, qrels, doc_ids, n=5, margin=0.95, sample=False)
+    # 'near' scores 0.79 >= 0.95 * 0.80: a likely false negative; judged docs never negatives
+    assert [doc_ids[r] for r in negs["q"]] == ["easy", "other"]
+    assert [doc_ids[r] for r in hard_negatives(cands, qrels, doc_ids, 5, 1.0, False)["q"]] == [
+        "near",
+        "easy",
+        "other",
+    ]
+    assert len(hard_negatives(cands, qrels, doc_ids, 1, 0.95, sample=True, seed=0)["q"]) == 1
+
+
+def test_mining_on_our_index_keeps_dev_apart_and_never_reads_test(
+    tiny, tmp_path: Path, no_test_qrels: list[str]
+) -> None:
+    data, _ = tiny
+    cfg = RerankerTrainConfig(
+        data=data, output=tmp_path / "rr", index="tiny", mining=MiningConfig(depth=10, negatives=3)
+    )
+    prep = Prepared(cfg)
+    assert not set(prep.train_ids) & set(prep.dev_ids)
+    assert sorted(prep.train_ids + prep.dev_ids) == [f"q{i:02d}" for i in range(20)]
+    for q, rows in prep.negatives.items():
+        positives = {d for d, r in prep.qrels[q].items() if r > 0}
+        assert rows and not positives & {prep.doc_ids[r] for r in rows}
+    trained_on = {text for text, _, _ in prep.examples(prep.train_ids)}
+    assert not trained_on & {prep.query_text[q] for q in prep.dev_ids}
+    dev_qrels = (cfg.output / "train" / "dev-qrels.tsv").read_text().splitlines()[1:]
+    assert {line.split("\t")[0] for line in dev_qrels} == set(prep.dev_ids)
+    assert no_test_qrels and not any("test" in Path(p).name for p in no_test_qrels)
+
+
+def _body_changed(trained: Path, init: Path) -> bool:
+    """Whether any transformer-layer weight differs between two folders (prefixes aside)."""
+    from safetensors.numpy import load_file
+
+    def layers(folder: Path) -> dict[str, np.ndarray]:
+        weights = load_file(str(folder / "model.safetensors"))
+        return {
+            k[k.index("encoder.layer.") :]: v for k, v in weights.items() if "encoder.layer." in k
+        }
+
+    before, after = layers(init), layers(trained)
+    assert before.keys() == after.keys()
+    return any(not np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_short_reranker_training_writes_a_folder_rerank_loads(
+    tiny, tmp_path: Path, no_test_qrels: list[str]
+) -> None:
+    from searchpipe.models.crossencoder import CrossEncoderScorer
+    from searchpipe.models.resolve import resolve_model
+    from searchpipe.training.train import train_reranker
+
+    data, _ = tiny
+    out = tmp_path / "reranker"
+    summary = train_reranker(
+        RerankerTrainConfig(
+            data=data, output=out, index="tiny", max_steps=2, batch_size=4, max_length=32,
+            eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
+        )
+    )  # fmt: skip
+    assert summary["steps"] == 2 and summary["train_queries"] == 18
+    scorer = CrossEncoderScorer(str(out))
+    scores = scorer.score(["tiny query", "tiny query"], ["a document", "another one"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert _body_changed(out, resolve_model("minilm").path)
+    assert not any("test" in Path(p).name for p in no_test_qrels)
+
+
+def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Path) -> None:
+    from searchpipe.models.biencoder import BiEncoder
+    from searchpipe.training.train import train_embedder
+
+    data, _ = tiny
+    out = tmp_path / "embedder"
+    train_embedder(
+        EmbedderTrainConfig(
+            data=data, output=out, index="tiny", max_steps=1, batch_size=4, max_length=32,
+            eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
+        )
+    )  # fmt: skip
+    ours, base = BiEncoder(str(out)), BiEncoder("minilm")
+    ident = ours.identity()
+    assert ident["normalize"] and ident["dim"] == 384
+    texts = ["honey bees dance", "planets orbit the sun"]
+    v = ours.encode(texts)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
+    assert not np.allclose(v, base.encode(texts), atol=1e-6)
+
+
+def test_tune_writes_a_valid_search_config(tiny, tmp_path: Path) -> None:
+    from searchpipe.config import JobConfig, SearchConfig, load_config  # noqa: F401
+    from searchpipe.index import Index
+    from searchpipe.training.tune import format_table, tune, write_config
+
+    data, root = tiny
+    qrels = tmp_path / "dev.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq00\td001\t1\nq01\td002\t1\n")
+    result = tune(
+        Index.open("tiny", root / "indexes"), data / "queries.jsonl", qrels, k=10,
+        rrf_ks=(30, 60), weights=((1.0, 1.0), (1.0, 0.5)),
+    )  # fmt: skip
+    kinds = {r["retriever"] for r in result["rows"]}
+    assert kinds == {"dense", "bm25", "hybrid"}
+    assert "ndcg@10" in format_table(result["rows"], result["best"])
+    path = write_config(result["search"], tmp_path / "tuned.yaml", data / "queries.jsonl", "tiny")
+    import yaml
+
+    section = yaml.safe_load(path.read_text())["search"]
+    SearchConfig.model_validate(section)
+    assert section["retriever"] == result["best"]["retriever"]
+
+
+def test_compare_runs_paired_test() -> None:
+    qrels = {f"q{i}": {f"d{i}": 1} for i in range(30)}
+    weak = {f"q{i}": {f"x{i}": 2.0, f"d{i}": 1.0 if i % 3 else 0.5} for i in range(30)}
+    strong = {f"q{i}": {f"d{i}": 2.0, f"x{i}": 1.0} for i in range(30)}
+    for test in ("student", "fisher"):
+        same = compare_runs({"a": weak, "b": dict(weak)}, qrels, ("ndcg@10",), stat_test=test)
+        (row,) = same["comparisons"]
+        assert row["p_value"] == 1.0 and not row["significant"] and row["delta"] == 0
+        diff = compare_runs({"weak": weak, "strong": strong}, qrels, ("ndcg@10", "map"), test)
+        assert all(c["significant"] and c["delta"] > 0 for c in diff["comparisons"])
+        assert diff["comparisons"][0]["wins"] == 30
+    table = format_comparison(diff)
+    assert "strong" in table and "*" in table
+    with pytest.raises(InputError, match="at least two runs"):
+        compare_runs({"a": weak}, qrels)
+    with pytest.raises(InputError, match="stat_test"):
+        compare_runs({"a": weak, "b": strong}, qrels, stat_test="wilcoxon")
+
+
+def test_cli_train_refuses_test_split_and_unknown_keys(tiny, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from searchpipe.cli import main
+    from searchpipe.cli_train import train, tune
+
+    main.add_command(train)
+    main.add_command(tune)
+    data, _ = tiny
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "reranker",
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--output",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert result.exit_code == 2 and "test split is refused" in result.output
+    bad = tmp_path / "train.yaml"
+    bad.write_text("epochs: 1\nlearning_rate: 0.1\n")
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "embedder",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "o"),
+            "--config",
+            str(bad),
+        ],
+    )
+    assert result.exit_code == 2 and "unknown key 'learning_rate'" in result.output
