@@ -112,9 +112,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per model per round")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
     bf16 = resolve_precision(args.precision, "cpu")
     hf, ours = build(config, args.seed)
