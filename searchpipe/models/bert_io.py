@@ -323,13 +323,13 @@ def save_hf(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     config = model.config
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
     if config.position == "sinusoidal":
         # BERT has no fixed table: write ours as the learned one, which computes the same thing
         enc = model if isinstance(model, TransformerEncoder) else model.encoder
         key = "embeddings.position_embeddings.weight"
         key = key if isinstance(model, TransformerEncoder) else f"encoder.{key}"
-        state[key] = enc.embeddings.position_weight().detach().float().clone()
+        state[key] = enc.embeddings.position_weight().detach().float().cpu().clone()
     hf_config = config_to_hf(config)
     if isinstance(model, TransformerEncoder):
         arch = "BertModel"
