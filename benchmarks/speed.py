@@ -257,12 +257,12 @@ def _train_queries() -> list[str]:
         return [q["text"] for q in map(json.loads, f) if q["_id"] in judged]
 
 
-def bench_query(reranker: str, home: Path) -> dict[str, Any]:
+def bench_query(reranker: str, home: Path, max_length: int | None) -> dict[str, Any]:
     from searchpipe.api import Searcher
     from searchpipe.bench import measure
 
     index = scifact_index(home)
-    searcher = Searcher(index, rerank=reranker, rerank_depth=20)
+    searcher = Searcher(index, rerank=reranker, rerank_depth=20, rerank_max_length=max_length)
     result = measure(searcher, list(scifact_test_queries().values())[:100], k=10)
     return {
         "query_p50_ms": result["p50_ms"],
@@ -284,6 +284,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="embed 512 docs only, no nDCG")
     parser.add_argument("--target-recall", type=float, default=0.95)
+    parser.add_argument(
+        "--rerank-max-length", type=int, default=None, help="query part: tokens per pair"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     home = CACHE / "home"
@@ -296,7 +299,7 @@ def main() -> None:
     if "ann" in parts:
         result.update(bench_ann(args.target_recall))
     if "query" in parts:
-        result.update(bench_query(reranker, home))
+        result.update(bench_query(reranker, home, args.rerank_max_length))
     emit(result, args.json)
 
 

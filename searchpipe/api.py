@@ -176,6 +176,7 @@ class Searcher:
         model: str | None = None,
         rerank: str | None = None,
         rerank_depth: int = 20,
+        rerank_max_length: int | None = None,
         precision: str = "auto",
         retriever: str = "auto",
         fusion: str = "rrf",
@@ -192,7 +193,11 @@ class Searcher:
         )
         self.index.check_encoder(self.encoder.identity())
         self.embed = Embed(self.encoder, fields=(C.TEXT,))
-        self.reranker = CrossEncoderScorer(rerank, precision=precision) if rerank else None
+        self.reranker = (
+            CrossEncoderScorer(rerank, precision=precision, max_length=rerank_max_length)
+            if rerank
+            else None
+        )
         self.rerank_depth = rerank_depth
         self.retrieval = {"retriever": retriever, "fusion": fusion, "rrf_k": rrf_k}
         self._stages: dict[int, list[Any]] = {}
@@ -282,6 +287,7 @@ def search(
             depth=cfg.rerank_depth,
             precision=cfg.precision,
             token_budget=cfg.rerank_batch_tokens,
+            max_length=cfg.rerank_max_length,
         )
         stages.append(rerank)
     write = Write(cfg.output)

@@ -182,6 +182,12 @@ def _index_summary(m: dict[str, Any]) -> dict[str, Any]:
 @click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
 @click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
 @click.option("--rerank-depth", type=int, default=20, show_default=True)
+@click.option(
+    "--rerank-max-length",
+    type=int,
+    default=None,
+    help="Tokens per (query, doc) pair (default: the model's).",
+)
 @with_retriever_options
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @index_dir_option
@@ -191,6 +197,7 @@ def query(
     k: int,
     rerank: str | None,
     rerank_depth: int,
+    rerank_max_length: int | None,
     retriever: str,
     fusion: str,
     rrf_k: int,
@@ -201,7 +208,7 @@ def query(
     from searchpipe.api import Searcher
 
     searcher = Searcher(
-        name, rerank=rerank, rerank_depth=rerank_depth, retriever=retriever, fusion=fusion,
+        name, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length, retriever=retriever, fusion=fusion,
         rrf_k=rrf_k, index_root=index_dir,
     )  # fmt: skip
     results = []
@@ -241,6 +248,12 @@ def query(
 @click.option("-k", type=int, default=100, show_default=True, help="Hits per query.")
 @click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
 @click.option("--rerank-depth", type=int, default=20, show_default=True)
+@click.option(
+    "--rerank-max-length",
+    type=int,
+    default=None,
+    help="Tokens per (query, doc) pair (default: the model's).",
+)
 @with_retriever_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @index_dir_option
@@ -251,6 +264,7 @@ def search(
     k: int,
     rerank: str | None,
     rerank_depth: int,
+    rerank_max_length: int | None,
     retriever: str,
     fusion: str,
     rrf_k: int,
@@ -261,7 +275,7 @@ def search(
     from searchpipe.api import search as run_search
 
     summary = run_search(
-        index=name, queries=queries, output=output, k=k, rerank=rerank, rerank_depth=rerank_depth,
+        index=name, queries=queries, output=output, k=k, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length,
         retriever=retriever, fusion=fusion, rrf_k=rrf_k, index_root=index_dir,
     )  # fmt: skip
     if as_json:
@@ -340,6 +354,12 @@ def run(config: Path, as_json: bool) -> None:
 @click.option("-k", type=int, default=10, show_default=True)
 @click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
 @click.option("--rerank-depth", type=int, default=20, show_default=True)
+@click.option(
+    "--rerank-max-length",
+    type=int,
+    default=None,
+    help="Tokens per (query, doc) pair (default: the model's).",
+)
 @with_retriever_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @index_dir_option
@@ -350,6 +370,7 @@ def bench(
     k: int,
     rerank: str | None,
     rerank_depth: int,
+    rerank_max_length: int | None,
     retriever: str,
     fusion: str,
     rrf_k: int,
@@ -362,7 +383,7 @@ def bench(
     from searchpipe.stages.ingest import read_queries
 
     searcher = Searcher(
-        name, rerank=rerank, rerank_depth=rerank_depth, retriever=retriever, fusion=fusion,
+        name, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length, retriever=retriever, fusion=fusion,
         rrf_k=rrf_k, index_root=index_dir,
     )  # fmt: skip
     if queries is not None:

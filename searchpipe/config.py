@@ -55,6 +55,7 @@ class SearchConfig(StrictModel):
     bm25_weight: float = Field(default=1.0, ge=0)
     rerank: str | None = None
     rerank_depth: int = Field(default=20, ge=1)
+    rerank_max_length: int | None = Field(default=None, ge=16)  # tokens per pair (default: model's)
     rerank_batch_tokens: int = Field(default=16384, ge=64)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
 

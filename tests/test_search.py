@@ -21,7 +21,7 @@ from searchpipe.stages.write import Write, run_scores
 
 
 def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -> None:
-    searcher = Searcher(sample_index)
+    searcher = Searcher(sample_index, retriever="dense")
     queries = read_queries(Path(__file__).parents[1] / "searchpipe/data/sample/queries.jsonl")
     hits = searcher.search_batch(queries, k=5)
     assert hits.num_rows == 5 * queries.num_rows
@@ -45,7 +45,7 @@ def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -
 def test_rerank_orders_by_cross_encoder_and_keeps_the_tail(
     sample_index, cross_encoder_dir: Path
 ) -> None:
-    searcher = Searcher(sample_index)
+    searcher = Searcher(sample_index, retriever="dense")
     queries = pa.table(
         {C.QUERY_ID: ["q1", "q2"], C.TEXT: ["why do onions make you cry", "red planet"]}
     )
@@ -102,7 +102,7 @@ def test_batch_search_writes_arrow_and_trec_that_score_alike(
 ) -> None:
     monkeypatch.setenv("SEARCHPIPE_HOME", str(sample_home))
     arrow, trec = tmp_path / "run.arrow", tmp_path / "run.trec"
-    summary = search(index="sample", queries=sample_queries, output=arrow, k=20)
+    summary = search(index="sample", queries=sample_queries, output=arrow, k=20, retriever="dense")
     assert summary["queries"] == 12 and summary["rows"] == 240
     table = ipc.open_file(str(arrow)).read_all()
     assert set(table.schema.names) >= {C.QUERY_ID, C.DOC_ID, C.SCORE, C.RANK}

@@ -20,6 +20,8 @@ from searchpipe import columns as C
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.models.crossencoder import CrossEncoderScorer
+from searchpipe.models.precision import resolve_precision
+from searchpipe.models.resolve import resolve_model
 from searchpipe.stages.base import Stage, append_column
 from searchpipe.stages.embed import joined_text
 
@@ -51,6 +53,7 @@ class Rerank(Stage):
         depth: int = 20,
         precision: str = "auto",
         token_budget: int = 16384,
+        max_length: int | None = None,
     ) -> None:
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.scorer = model if isinstance(model, CrossEncoderScorer) else None
@@ -58,23 +61,28 @@ class Rerank(Stage):
         self.depth = depth
         self.precision = precision
         self.token_budget = token_budget
+        self.max_length = max_length
         self.pairs = 0
 
     def open(self) -> None:
         if self.scorer is None:
             self.scorer = CrossEncoderScorer(
-                self.model_name, precision=self.precision, token_budget=self.token_budget
+                self.model_name,
+                precision=self.precision,
+                token_budget=self.token_budget,
+                max_length=self.max_length,
             )
 
     def settings(self) -> dict[str, Any]:
-        s: dict[str, Any] = {
-            "model": self.model_name,
+        """Model identity without loading it: name, weights hash, precision, depth, length."""
+        ref = self.scorer.ref if self.scorer is not None else resolve_model(self.model_name)
+        return {
+            "model": ref.name,
+            "weights_sha256": ref.weights_sha256,
             "depth": self.depth,
-            "precision": self.precision,
+            "precision": resolve_precision(self.precision),
+            "max_length": self.max_length,
         }
-        if self.scorer is not None:
-            s.update(identity=self.scorer.identity(), precision=self.scorer.precision)
-        return s
 
     @property
     def truncated(self) -> int:
