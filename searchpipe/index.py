@@ -211,7 +211,10 @@ class Index:
             if "bm25" in manifest:
                 from searchpipe.stages.bm25 import BM25_DIR, BM25Index
 
-                bm25 = BM25Index(vdir / BM25_DIR)
+                try:
+                    bm25 = BM25Index(vdir / BM25_DIR)
+                except Exception as e:  # bm25s parses its files several ways (JSON, ast, npy)
+                    raise RuntimeError(f"{BM25_DIR}: {type(e).__name__}: {e}") from None
         except (RuntimeError, OSError, ValueError, pa.ArrowException) as e:
             raise RunError(
                 f"index {root.name} could not be read ({str(e).splitlines()[0][:200]}); "

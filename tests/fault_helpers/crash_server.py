@@ -28,9 +28,23 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+# import everything the children use once, here, so each fork starts warm (imports start
+# no worker threads; running faiss or Arrow code would, and this process never does)
+import multiprocessing.synchronize  # noqa: E402, F401
 
+import bm25s  # noqa: E402, F401
+import faiss  # noqa: E402
+import filelock  # noqa: E402, F401
+import numpy as np  # noqa: E402
+import pandas  # noqa: E402, F401  (pyarrow imports it lazily)
+import pyarrow.compute  # noqa: E402, F401
+import pyarrow.ipc  # noqa: E402, F401
+import pyarrow.pandas_compat  # noqa: E402, F401
+import Stemmer  # noqa: E402, F401
+import tqdm.std  # noqa: E402, F401
+
+import searchpipe.stages.bm25  # noqa: E402, F401
+import searchpipe.stages.embed  # noqa: E402, F401
 from fault_helpers.fakes import HashEncoder, build_fake, words_text, write_jsonl  # noqa: E402
 from searchpipe import columns as C  # noqa: E402
 from searchpipe.index import Index, check_index  # noqa: E402
@@ -92,7 +106,7 @@ class Scenario:
         self.base = work / "base"
         self.ids = [f"d{i}" for i in range(N_BASE)]
         self.texts = [words_text(rng) for _ in self.ids]
-        build_fake(self.base / "idx", self.ids, self.texts)
+        in_child(lambda: build_fake(self.base / "idx", self.ids, self.texts))
         if op == "build":  # a full rebuild with other documents
             self.new_ids = [f"n{i}" for i in range(N_BASE // 2)]
             self.new_texts = [words_text(rng) for _ in self.new_ids]
@@ -106,7 +120,7 @@ class Scenario:
             self.gone = self.ids[::3]
             self.after = set(self.ids) - set(self.gone)
         self.before = set(self.ids)
-        self.base_version = Index.open(self.base / "idx").manifest["version"]
+        self.base_version = 1
 
     def run(self, root: Path) -> None:
         if self.op == "build":
@@ -140,6 +154,33 @@ class Scenario:
         assert (rows[:, 0] == np.arange(len(index))).all(), "row ↔ id mapping broken"
         assert report["docs"] == len(index)
         return state
+
+
+def in_child(work: Any) -> int:
+    """Run ``work`` in a forked child and return its int result (0..100).
+
+    This process only forks, waits and kills: it never runs faiss, Arrow or BM25 code
+    itself, so it has no worker threads whose locks a forked child could inherit held.
+    """
+    pid = os.fork()
+    if pid == 0:
+        try:
+            after_fork()
+            result = work()
+            os._exit(int(result) if isinstance(result, int) else 0)
+        except BaseException as e:  # noqa: BLE001 - reported through the exit code
+            import traceback
+
+            traceback.print_exc()
+            print(f"child error: {type(e).__name__}: {e}", file=sys.stderr)
+            os._exit(101)
+    status = wait(pid)
+    if not os.WIFEXITED(status) or os.WEXITSTATUS(status) == 101:
+        raise AssertionError(f"a checking child failed (status {status})")
+    return os.WEXITSTATUS(status)
+
+
+STATES = {1: "old", 2: "new"}
 
 
 def after_fork() -> None:
@@ -192,17 +233,21 @@ def trial(scenario: Scenario, crash_at: int | None, delay: float | None) -> tupl
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
     if not killed and os.WEXITSTATUS(status) != 0:
         raise AssertionError(f"writer failed without being killed (exit {os.WEXITSTATUS(status)})")
-    state = scenario.check(root)
+    state = STATES[in_child(lambda: {"old": 1, "new": 2}[scenario.check(root)])]
     # the next writer cleans up after the dead one and commits
     pid = os.fork()
     if pid == 0:
         child(scenario, root, None)
     status = wait(pid)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, "the next write failed"
-    after = Index.open(root)
     left = [p.name for p in root.iterdir() if p.name.startswith((".staging", "manifest.json.tmp"))]
     assert not left, f"left behind: {left}"
-    assert after.manifest["version"] >= scenario.base_version + 1
+
+    def next_version_committed() -> int:
+        assert Index.open(root).manifest["version"] >= scenario.base_version + 1
+        return 0
+
+    in_child(next_version_committed)
     return state, int(killed)
 
 
@@ -226,7 +271,7 @@ def main() -> None:
     os.close(w)
     calls, seconds = json.loads(os.read(r, 1000))
     os.waitpid(pid, 0)
-    assert scenario.check(root) == "new"
+    assert STATES[in_child(lambda: {"old": 1, "new": 2}[scenario.check(root)])] == "new"
     rng = random.Random(seed)
     # every durability call, killed before and after it; then random delays
     enumerated = list(range(2 * calls))
