@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     scorer = CrossEncoderScorer(str(reranker))
     cache = PairCache(scorer, base, {})  # both indexes hold the same doc rows
     assert base.docs.column("doc_id").equals(tuned_index.docs.column("doc_id"))
-    blends = (0.0, 0.5, 1.0, 2.0)
+    blends = (0.0, 0.5, 1.0, 2.0, 4.0)
     choice: dict[str, dict[str, Any]] = {}
     dev_tables: dict[str, str] = {}
     for system, index, grid in (
@@ -199,6 +199,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             (c.get("dense_weight", 1.0), c.get("bm25_weight", 1.0)),
         )[0]
         runs[system] = reranked(ranked, cache, c["rerank_depth"], c["rerank_blend"])
+    c = choice["cascade"]
+    first_stage_only = {  # for the record: each reranked system's first stage alone
+        "hybrid": runs["hybrid"],
+        "cascade": first_ours.run(
+            "hybrid",
+            c.get("fusion", "rrf"),
+            c.get("rrf_k", 60),
+            (c.get("dense_weight", 1.0), c.get("bm25_weight", 1.0)),
+        )[0],
+        "ours-dense": first_ours.run("dense")[0],
+    }
     table: dict[str, dict[str, float]] = {}
     texts = list(query_text.values())[: args.latency_queries]
     searchers = {
@@ -235,6 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "seconds": round(time.perf_counter() - t_all, 1),
         "dev_tables": dev_tables,
+        "first_stage": {
+            k: evaluate(as_run(v, doc_ids), qrels, metrics) for k, v in first_stage_only.items()
+        },
         "rerank_pairs_scored": cache.pairs,
         "rerank_ms_per_pair": round(cache.ms_per_pair, 2),
     }

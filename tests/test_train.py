@@ -189,7 +189,7 @@ def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Pat
     out = tmp_path / "embedder"
     train_embedder(
         EmbedderTrainConfig(
-            data=data, output=out, index="tiny", max_steps=1, batch_size=4, max_length=32,
+            data=data, output=out, index="tiny", max_steps=2, batch_size=4, max_length=32, lr=1e-3,
             eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
         )
     )  # fmt: skip
@@ -199,7 +199,7 @@ def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Pat
     texts = ["honey bees dance", "planets orbit the sun"]
     v = ours.encode(texts)
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
-    assert not np.allclose(v, base.encode(texts), atol=1e-6)
+    assert np.abs(v - base.encode(texts)).max() > 1e-4
 
 
 def test_tune_writes_a_valid_search_config(tiny, tmp_path: Path) -> None:

@@ -468,7 +468,7 @@ def _trainer_args(
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
-        warmup_steps=math.ceil(cfg.warmup_ratio * total),
+        warmup_steps=int(cfg.warmup_ratio * total),  # 0 for very short runs: no step at lr 0
         bf16=bf16,
         use_cpu=not _cuda(),
         seed=cfg.seed,
