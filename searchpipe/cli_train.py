@@ -178,3 +178,6 @@ def tune(
         return
     click.echo(format_table(result["rows"], result["best"]))
     click.echo(f"({result['queries']} dev queries; ms/q measured in batch) wrote {path}")
+
+
+COMMANDS = [train, tune]  # registered on the root group by searchpipe.cli
