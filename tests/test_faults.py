@@ -429,3 +429,61 @@ def test_job_records_cut_short_by_a_kill_are_redone(tmp_path: Path, sample_corpu
         path = work / "01-ingest" / record
         path.write_text(path.read_text()[:10])
         assert [b.num_rows for b in pipeline.run_job(work)] == first
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("trigger", "delay"),
+    [
+        ("runs/search-sample-run/01-ingest/_done.json", 0.0),  # embedding the queries
+        ("runs/search-sample-run/02-embed/_done.json", 0.0),  # retrieving
+        ("runs/search-sample-run/03-*/_done.json", 0.0),  # writing the run file
+    ],
+)
+def test_killed_search_job_resumes_to_identical_outputs(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sample_home: Path,
+    sample_queries: Path,
+    trigger: str,
+    delay: float,
+) -> None:
+    import shutil
+
+    from searchpipe.api import search
+
+    def outputs(home: Path) -> dict[str, str]:
+        files = [*sorted((home / "runs").glob("search-*/**/part-*.arrow")), home / "run.arrow"]
+        return {str(f.relative_to(home)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    reference = tmp_path / "reference"
+    shutil.copytree(sample_home / "indexes", reference / "indexes")
+    monkeypatch.setenv("SEARCHPIPE_HOME", str(reference))
+    search(index="sample", queries=sample_queries, output=reference / "run.arrow", progress=False)
+
+    home = tmp_path / "killed"
+    shutil.copytree(sample_home / "indexes", home / "indexes")
+    env = {**helper_env(), "SEARCHPIPE_HOME": str(home)}
+    args = [
+        "search",
+        "sample",
+        "--queries",
+        str(sample_queries),
+        "--output",
+        str(home / "run.arrow"),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "searchpipe", *args],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    while proc.poll() is None and not list(home.glob(trigger)):
+        time.sleep(0.01)
+    time.sleep(delay)
+    state = "finished before the kill" if proc.poll() is not None else "killed"
+    proc.kill()
+    proc.wait()
+    monkeypatch.setenv("SEARCHPIPE_HOME", str(home))
+    search(index="sample", queries=sample_queries, output=home / "run.arrow", progress=False)
+    got = outputs(home)
+    assert got == outputs(reference)
+    print(f"\nsearch {state} after {trigger}: resumed, {len(got)} outputs identical")
