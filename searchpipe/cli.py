@@ -439,9 +439,9 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
 
 def _register() -> None:
     """Commands that live beside their own API modules (all import their heavy parts lazily)."""
-    from searchpipe import cli_encoder
+    from searchpipe import cli_encoder, cli_index
 
-    for command in cli_encoder.COMMANDS:
+    for command in (*cli_encoder.COMMANDS, *cli_index.COMMANDS):
         main.add_command(command)
 
 

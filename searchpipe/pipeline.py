@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
@@ -149,32 +150,43 @@ def _complete(
 ) -> int:
     """Make ``folder`` hold the stage's complete output: reuse, resume or compute. Returns rows."""
     done = folder / DONE
-    if done.is_file() and json.loads(done.read_text()).get("fingerprint") == fingerprint:
+    record = _read_record(done)
+    if record.get("fingerprint") == fingerprint and "rows" in record:
         log.info("%s: inputs and settings unchanged, reusing %s", stage.name, folder)
-        return int(json.loads(done.read_text())["rows"])
+        return int(record["rows"])
     job = folder / "_job.json"
     n = 0
-    if (
-        stage.batchwise
-        and job.is_file()
-        and json.loads(job.read_text()).get("fingerprint") == fingerprint
-    ):
+    if stage.batchwise and _read_record(job).get("fingerprint") == fingerprint:
         n = len(list(folder.glob("part-*.arrow")))
         log.info("%s: resuming after %d complete shard(s)", stage.name, n)
     else:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        job.write_text(json.dumps({"stage": stage.name, "fingerprint": fingerprint}))
+        _write_record(job, {"stage": stage.name, "fingerprint": fingerprint})
     for stale in folder.glob(".part-*"):
         stale.unlink()
     for batch in stage(islice(upstream, n, None) if n else upstream):
         _write_part(folder, n, batch)
         n += 1
     rows = sum(b.num_rows for b in read_parts(folder))
-    done.write_text(
-        json.dumps({"stage": stage.name, "fingerprint": fingerprint, "parts": n, "rows": rows})
-    )
+    _write_record(done, {"stage": stage.name, "fingerprint": fingerprint, "parts": n, "rows": rows})
     return rows
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A stage record (_job.json/_done.json), or {} when missing or cut short by a kill."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write a stage record whole or not at all (a kill mid-write leaves the old one)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)
 
 
 def _write_part(folder: Path, n: int, batch: pa.RecordBatch) -> None:
@@ -186,5 +198,5 @@ def _write_part(folder: Path, n: int, batch: pa.RecordBatch) -> None:
 
 def stage_rows(folder: Path) -> int | None:
     """Row count recorded by a completed stage folder."""
-    done = folder / DONE
-    return json.loads(done.read_text()).get("rows") if done.is_file() else None
+    rows = _read_record(folder / DONE).get("rows")
+    return int(rows) if rows is not None else None

@@ -412,10 +412,6 @@ def test_killed_index_job_resumes_at_many_points(
     print("\n" + kill_and_resume(tmp_path, monkeypatch, sample_home, sample_corpus, trigger, delay))
 
 
-@pytest.mark.xfail(
-    reason="pipeline.py writes _job.json/_done.json in place; the fix is in the issue-6 report",
-    strict=False,
-)
 def test_job_records_cut_short_by_a_kill_are_redone(tmp_path: Path, sample_corpus: Path) -> None:
     """A kill during the write of a stage record leaves it truncated: the next run must redo
     the stage, not fail on the JSON."""

@@ -108,12 +108,14 @@ class RetrieveBM25(Stage):
         self.index = index
         self.k = k
         folder = index.version_dir / BM25_DIR
-        if not folder.is_dir():
+        if index.bm25 is None and not folder.is_dir():
             raise InputError(
                 f"index {index.name} has no BM25 index; rebuild it with BM25 on (the default), "
                 "or search with retriever 'dense'"
             )
-        self.bm25 = BM25Index(folder)
+        # Index.open loads BM25 with the rest of its version, so a writer removing that
+        # version folder later cannot break a long-lived reader
+        self.bm25 = index.bm25 if index.bm25 is not None else BM25Index(folder)
 
     def output_columns(self, available: set[str]) -> set[str]:
         return set(self.provides)
