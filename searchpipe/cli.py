@@ -439,9 +439,9 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
 
 def _register() -> None:
     """Commands that live beside their own API modules (all import their heavy parts lazily)."""
-    from searchpipe import cli_encoder, cli_index
+    from searchpipe import cli_encoder, cli_index, cli_train
 
-    for command in (*cli_encoder.COMMANDS, *cli_index.COMMANDS):
+    for command in (*cli_encoder.COMMANDS, *cli_index.COMMANDS, *cli_train.COMMANDS):
         main.add_command(command)
 
 
