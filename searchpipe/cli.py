@@ -296,24 +296,45 @@ def search(
     help="ranx metric names (default: ndcg@10 mrr@10 recall@100 map).",
 )
 @click.option("--per-query", is_flag=True, help="Also report each query's scores.")
+@click.option(
+    "--test",
+    "stat_test",
+    type=click.Choice(["student", "fisher"]),
+    default="student",
+    show_default=True,
+    help="Paired significance test when comparing runs (the first run is the baseline).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def eval_(
-    runs: tuple[Path, ...], qrels: Path, metrics: tuple[str, ...], per_query: bool, as_json: bool
+    runs: tuple[Path, ...],
+    qrels: Path,
+    metrics: tuple[str, ...],
+    per_query: bool,
+    stat_test: str,
+    as_json: bool,
 ) -> None:
-    """Score RUNS (Arrow or TREC run files) against QRELS."""
+    """Score RUNS (Arrow or TREC run files) against QRELS; compare two or more runs."""
     from searchpipe.evaluate import DEFAULT_METRICS, evaluate, read_qrels
 
     judged = read_qrels(qrels)
     chosen = metrics or DEFAULT_METRICS
-    results = {str(r): evaluate(r, judged, chosen, per_query=per_query) for r in runs}
-    if as_json:
-        _emit(results[str(runs[0])] if len(runs) == 1 else results)
+    if len(runs) == 1 or per_query:
+        results = {str(r): evaluate(r, judged, chosen, per_query=per_query) for r in runs}
+        if as_json:
+            _emit(results[str(runs[0])] if len(runs) == 1 else results)
+            return
+        click.echo(f"{'run':<40}" + "".join(f"{m:>12}" for m in chosen))
+        for name, res in results.items():
+            click.echo(f"{name[-40:]:<40}" + "".join(f"{res[m]:>12.4f}" for m in chosen))
+        click.echo(f"({next(iter(results.values()))['queries']} judged queries)")
         return
-    header = f"{'run':<40}" + "".join(f"{m:>12}" for m in chosen)
-    click.echo(header)
-    for name, res in results.items():
-        click.echo(f"{name[-40:]:<40}" + "".join(f"{res[m]:>12.4f}" for m in chosen))
-    click.echo(f"({next(iter(results.values()))['queries']} judged queries)")
+    from searchpipe.compare import compare_runs, format_comparison
+
+    comparison = compare_runs([str(r) for r in runs], judged, chosen, stat_test=stat_test)
+    if as_json:
+        _emit(comparison)
+    else:
+        click.echo(format_comparison(comparison))
 
 
 @main.command()

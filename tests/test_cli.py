@@ -141,3 +141,25 @@ def test_python_m_searchpipe_is_the_cli() -> None:
         [sys.executable, "-m", "searchpipe", "--help"], capture_output=True, text=True, check=True
     )
     assert "index" in out.stdout and "query" in out.stdout
+
+
+def test_eval_compares_runs_with_a_paired_test(runner: CliRunner, tmp_path: Path) -> None:
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n" for i in range(20))
+    )
+    good = "".join(f"q{i} Q0 d{i} 1 2.0 x\nq{i} Q0 z{i} 2 1.0 x\n" for i in range(20))
+    bad = "".join(f"q{i} Q0 z{i} 1 2.0 x\nq{i} Q0 d{i} 2 1.0 x\n" for i in range(20))
+    (tmp_path / "good.trec").write_text(good)
+    (tmp_path / "bad.trec").write_text(bad)
+    result = invoke(
+        runner, "eval", tmp_path / "bad.trec", tmp_path / "good.trec", "--qrels", qrels, "--json"
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    mrr = next(c for c in out["comparisons"] if c["metric"] == "mrr@10")
+    assert mrr["delta"] == 0.5 and mrr["significant"] and mrr["wins"] == 20
+    text = invoke(
+        runner, "eval", tmp_path / "bad.trec", tmp_path / "good.trec", "--qrels", qrels
+    ).output
+    assert "baseline" in text and "p=" in text
