@@ -329,9 +329,12 @@ def test_queries_from_another_process_during_rebuilds(tmp_path: Path) -> None:
 
 
 def job_digests(home: Path, name: str) -> dict[str, str]:
-    """sha256 of every stage shard, stage record and index data file of a batch job."""
+    """sha256 of every stage shard, stage record and index data file of the index job.
+
+    Only the index job's own folder: the shared reference home also holds other tests' runs.
+    """
     out = {}
-    for f in sorted((home / "runs").rglob("*")):
+    for f in sorted((home / "runs" / f"index-{name}").rglob("*")):
         if f.is_file() and (f.suffix == ".arrow" or f.name in ("_done.json", "_job.json")):
             out[str(f.relative_to(home))] = hashlib.sha256(f.read_bytes()).hexdigest()
     index = Index.open(name, home / "indexes")
