@@ -40,7 +40,9 @@ def _emit(obj: dict[str, Any]) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-retriever_options = [
+# The options of every command that searches: first stage, fusion and reranking. They reach
+# the API as keyword arguments of the same names (Searcher, search()).
+search_options = [
     click.option(
         "--retriever",
         type=click.Choice(["auto", "hybrid", "dense", "bm25"]),
@@ -58,11 +60,21 @@ retriever_options = [
     click.option(
         "--rrf-k", type=int, default=60, show_default=True, help="Reciprocal-rank fusion constant."
     ),
+    click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with."),
+    click.option(
+        "--rerank-depth", type=int, default=20, show_default=True, help="Hits per query to rerank."
+    ),
+    click.option(
+        "--rerank-max-length",
+        type=int,
+        default=None,
+        help="Tokens per (query, doc) pair (default: the model's).",
+    ),
 ]
 
 
-def with_retriever_options(f: Any) -> Any:
-    for option in reversed(retriever_options):
+def with_search_options(f: Any) -> Any:
+    for option in reversed(search_options):
         f = option(f)
     return f
 
@@ -180,37 +192,21 @@ def _index_summary(m: dict[str, Any]) -> dict[str, Any]:
 @click.argument("name")
 @click.argument("queries", nargs=-1, required=True)
 @click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
-@click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
-@click.option("--rerank-depth", type=int, default=20, show_default=True)
-@click.option(
-    "--rerank-max-length",
-    type=int,
-    default=None,
-    help="Tokens per (query, doc) pair (default: the model's).",
-)
-@with_retriever_options
+@with_search_options
 @click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
 @index_dir_option
 def query(
     name: str,
     queries: tuple[str, ...],
     k: int,
-    rerank: str | None,
-    rerank_depth: int,
-    rerank_max_length: int | None,
-    retriever: str,
-    fusion: str,
-    rrf_k: int,
     as_json: bool,
     index_dir: Path | None,
+    **search: Any,
 ) -> None:
     """Search index NAME for one or more free-text QUERIES (models load once)."""
     from searchpipe.api import Searcher
 
-    searcher = Searcher(
-        name, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length, retriever=retriever, fusion=fusion,
-        rrf_k=rrf_k, index_root=index_dir,
-    )  # fmt: skip
+    searcher = Searcher(name, index_root=index_dir, **search)
     results = []
     for text in queries:
         hits = (
@@ -246,15 +242,7 @@ def query(
     help="Run file: .arrow, .jsonl or .trec.",
 )
 @click.option("-k", type=int, default=100, show_default=True, help="Hits per query.")
-@click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
-@click.option("--rerank-depth", type=int, default=20, show_default=True)
-@click.option(
-    "--rerank-max-length",
-    type=int,
-    default=None,
-    help="Tokens per (query, doc) pair (default: the model's).",
-)
-@with_retriever_options
+@with_search_options
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @index_dir_option
 def search(
@@ -262,22 +250,16 @@ def search(
     queries: Path,
     output: Path,
     k: int,
-    rerank: str | None,
-    rerank_depth: int,
-    rerank_max_length: int | None,
-    retriever: str,
-    fusion: str,
-    rrf_k: int,
     as_json: bool,
     index_dir: Path | None,
+    **search: Any,
 ) -> None:
     """Search index NAME with every query in QUERIES and write a run file."""
     from searchpipe.api import search as run_search
 
     summary = run_search(
-        index=name, queries=queries, output=output, k=k, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length,
-        retriever=retriever, fusion=fusion, rrf_k=rrf_k, index_root=index_dir,
-    )  # fmt: skip
+        index=name, queries=queries, output=output, k=k, index_root=index_dir, **search
+    )
     if as_json:
         _emit(summary)
     else:
@@ -373,15 +355,7 @@ def run(config: Path, as_json: bool) -> None:
 )
 @click.option("-n", "count", type=int, default=100, show_default=True, help="Queries to time.")
 @click.option("-k", type=int, default=10, show_default=True)
-@click.option("--rerank", default=None, help="CrossEncoder model folder to rerank with.")
-@click.option("--rerank-depth", type=int, default=20, show_default=True)
-@click.option(
-    "--rerank-max-length",
-    type=int,
-    default=None,
-    help="Tokens per (query, doc) pair (default: the model's).",
-)
-@with_retriever_options
+@with_search_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @index_dir_option
 def bench(
@@ -389,24 +363,16 @@ def bench(
     queries: Path | None,
     count: int,
     k: int,
-    rerank: str | None,
-    rerank_depth: int,
-    rerank_max_length: int | None,
-    retriever: str,
-    fusion: str,
-    rrf_k: int,
     as_json: bool,
     index_dir: Path | None,
+    **search: Any,
 ) -> None:
     """Time queries on index NAME one by one: p50/p95 and where the time goes."""
     from searchpipe.api import Searcher
     from searchpipe.bench import PARTS, measure
     from searchpipe.stages.ingest import read_queries
 
-    searcher = Searcher(
-        name, rerank=rerank, rerank_depth=rerank_depth, rerank_max_length=rerank_max_length, retriever=retriever, fusion=fusion,
-        rrf_k=rrf_k, index_root=index_dir,
-    )  # fmt: skip
+    searcher = Searcher(name, index_root=index_dir, **search)
     if queries is not None:
         texts = read_queries(queries).column("text").to_pylist()[:count]
     else:
