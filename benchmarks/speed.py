@@ -292,14 +292,17 @@ def main() -> None:
     home = CACHE / "home"
     result: dict[str, Any] = {}
     reranker = make_reranker(args.reranker) if parts & {"rerank", "query"} else ""
-    if "embed" in parts:
-        result.update(bench_embed(args.quick))
-    if "rerank" in parts:
-        result.update(bench_rerank(reranker, home))
-    if "ann" in parts:
-        result.update(bench_ann(args.target_recall))
-    if "query" in parts:
-        result.update(bench_query(reranker, home, args.rerank_max_length))
+    benches = {
+        "embed": lambda: bench_embed(args.quick),
+        "rerank": lambda: bench_rerank(reranker, home),
+        "ann": lambda: bench_ann(args.target_recall),
+        "query": lambda: bench_query(reranker, home, args.rerank_max_length),
+    }
+    for name, bench in benches.items():
+        if name in parts:
+            part = bench()
+            log(json.dumps(part))  # each part as it finishes: a long run keeps what it measured
+            result.update(part)
     emit(result, args.json)
 
 
