@@ -193,7 +193,7 @@ def bench_ann(target: float) -> dict[str, Any]:
 
     import faiss
 
-    from searchpipe.ann import exact_topk, recall_at_k, sample_queries, tune
+    from searchpipe.ann import exact_topk, pseudo_queries, recall_at_k, tune
     from searchpipe.models.biencoder import BiEncoder
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -216,9 +216,10 @@ def bench_ann(target: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     hnsw.add(vectors)
     build_s = time.perf_counter() - t0
-    tune_q = sample_queries(
-        vectors, 500, seed=1
-    )  # tuned on corpus-derived queries, as at build time
+    # tuned on corpus-derived queries, as at build time: snippets of random indexed texts
+    texts = ann_texts()
+    picks = np.random.default_rng(1).choice(len(texts), size=500, replace=False)
+    tune_q = pseudo_queries([texts[i] for i in picks], encoder)
     setting = tune(hnsw, tune_q, exact_topk(tune_q, iter([vectors])), target)
     batches = np.array_split(queries, max(1, len(queries) // 555))
 

@@ -2,9 +2,11 @@
 
 ``choose_factory`` picks a FAISS factory by corpus size, following the faiss guidelines:
 exact search while it is cheap, HNSW up to a few million vectors, IVF beyond. ``tune`` then
-measures recall@10 against exact search on corpus-derived queries (normalised midpoints of
-random document pairs, so no query is its own answer) and raises ``efSearch``/``nprobe``
-until the target recall is met. The chosen setting and the measured recall go into the
+measures recall@10 against exact search on corpus-derived queries and raises
+``efSearch``/``nprobe`` until the target recall is met. The queries are short snippets of
+random documents (a title, or the first words of the text) embedded by the index's own model,
+so they look like what users type; without a model, normalised midpoints of random document
+pairs stand in (a harder, pessimistic set). The chosen setting and the measured recall go into the
 manifest, and ``searchpipe info`` shows them.
 """
 
@@ -48,6 +50,11 @@ def sample_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     b = vectors[rng.integers(0, len(vectors), n)]
     q = a + b
     return (q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pseudo_queries(texts: list[str], encoder: Any) -> np.ndarray:
+    """Embeddings of query-like snippets of ``texts`` (the first 12 words of each)."""
+    return encoder.encode([" ".join(t.split()[:12]) for t in texts])
 
 
 def exact_topk(queries: np.ndarray, chunks: Iterator[np.ndarray], k: int = K) -> np.ndarray:
@@ -129,20 +136,44 @@ def embed_chunks(folder: Path) -> Iterator[np.ndarray]:
         yield arrow_to_vectors(batch.column(C.EMBEDDING))
 
 
-def tune_hook(embed_folder: Path, target: float) -> Callable[[Any, Any], dict[str, Any]]:
-    """A BuildIndex hook: measure and tune the built index before it is committed."""
+def tune_hook(
+    embed_folder: Path, target: float, encoder: Any = None
+) -> Callable[[Any, Any], dict[str, Any]]:
+    """A BuildIndex hook: measure and tune the built index before it is committed.
+
+    With ``encoder`` (the index's model), queries are snippets of the indexed texts;
+    without it, midpoints of document vectors.
+    """
 
     def hook(writer: Any, index: Any) -> dict[str, Any]:
         n = index.ntotal
-        rng = np.random.default_rng(0)
-        pick = np.sort(rng.choice(n, size=min(n, 4 * N_QUERIES), replace=False))
-        rows = _take_rows(embed_folder, pick)
-        queries = sample_queries(rows, min(N_QUERIES, n))
+        if encoder is not None:
+            queries = pseudo_queries(_sample_texts(embed_folder, N_QUERIES), encoder)
+        else:
+            rng = np.random.default_rng(0)
+            pick = np.sort(rng.choice(n, size=min(n, 4 * N_QUERIES), replace=False))
+            queries = sample_queries(_take_rows(embed_folder, pick), min(N_QUERIES, n))
         truth = exact_topk(queries, embed_chunks(embed_folder))
         result = tune(index, queries, truth, target)
         return {"search_params": result["params"], "ann": result}
 
     return hook
+
+
+def _sample_texts(folder: Path, n: int, seed: int = 0) -> list[str]:
+    """Title (or text) of ``n`` random documents of an embed stage folder."""
+    from searchpipe.pipeline import read_parts
+
+    total = sum(b.num_rows for b in read_parts(folder))
+    rows = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    out: list[str] = []
+    offset = 0
+    for batch in read_parts(folder):
+        for r in rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset:
+            title = batch.column(C.TITLE)[int(r)].as_py() if C.TITLE in batch.schema.names else ""
+            out.append(title or batch.column(C.TEXT)[int(r)].as_py())
+        offset += batch.num_rows
+    return out
 
 
 def _take_rows(folder: Path, rows: np.ndarray) -> np.ndarray:

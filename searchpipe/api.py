@@ -117,7 +117,7 @@ def build_index(
     if factory != "Flat":
         from searchpipe.ann import tune_hook
 
-        build.hooks.append(tune_hook(work / "02-embed", cfg.target_recall))
+        build.hooks.append(tune_hook(work / "02-embed", cfg.target_recall, embed.encoder))
     if cfg.bm25:
         from searchpipe.stages.bm25 import bm25_hook
 

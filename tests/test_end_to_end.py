@@ -51,3 +51,12 @@ def test_scifact_dense_minilm(scifact: Path, home: Path) -> None:
     search(index="scifact", queries=scifact / "queries.jsonl", output=home / "hybrid.arrow", k=100)
     assert evaluate(home / "dense.arrow", qrels)["ndcg@10"] >= 0.64  # measured 0.6457
     assert evaluate(home / "hybrid.arrow", qrels)["ndcg@10"] >= 0.715  # measured 0.7160
+
+
+def test_ann_index_is_tuned_on_query_like_snippets(home: Path, sample_corpus: Path) -> None:
+    """An HNSW index built through the API records the recall it measured and its efSearch."""
+    index = build_index(corpus=sample_corpus, name="ann", index_type="HNSW8", progress=False)
+    ann = index.manifest["ann"]
+    assert ann["recall@10"] >= 0.95 and ann["queries"] == 300
+    assert index.manifest["search_params"] == ann["params"] and "efSearch" in ann["params"]
+    assert index.faiss_index.hnsw.efSearch == ann["params"]["efSearch"]
