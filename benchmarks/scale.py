@@ -31,7 +31,8 @@ from common import ROOT, log
 
 def tiny_model(folder: Path) -> Path:
     import torch
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     from searchpipe.models.resolve import resolve_model
@@ -53,10 +54,8 @@ def tiny_model(folder: Path) -> Path:
     raw = folder / "raw"
     bert.save_pretrained(raw)
     tok.save_pretrained(raw)
-    word = models.Transformer(str(raw), max_seq_length=64)
-    st = SentenceTransformer(
-        modules=[word, models.Pooling(64, "mean"), models.Normalize()], device="cpu"
-    )
+    word = Transformer(str(raw), max_seq_length=64)
+    st = SentenceTransformer(modules=[word, Pooling(64, "mean"), Normalize()], device="cpu")
     st.save(str(folder))
     return folder
 
