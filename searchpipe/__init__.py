@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+# the function shares its module's name; bind it eagerly (the module is light: ranx loads
+# lazily) so that importing the submodule later cannot shadow it
+from searchpipe.evaluate import evaluate as evaluate
+
 __version__ = "0.1.0"
 
 _API = {
@@ -17,7 +21,6 @@ _API = {
     "Searcher": "searchpipe.api",
     "add_documents": "searchpipe.update",
     "delete_documents": "searchpipe.update",
-    "evaluate": "searchpipe.evaluate",
     "compare_runs": "searchpipe.compare",
     "Pipeline": "searchpipe.pipeline",
     "Ingest": "searchpipe.stages.ingest",
@@ -43,4 +46,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'searchpipe' has no attribute {name!r}")
 
 
-__all__ = sorted(_API)
+__all__ = sorted([*_API, "evaluate"])

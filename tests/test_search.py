@@ -123,3 +123,13 @@ def test_qrels_formats(tmp_path: Path) -> None:
         == read_qrels(tmp_path / "trec.txt")
         == {"q1": {"d1": 1, "d2": 0}}
     )
+
+
+def test_top_level_evaluate_is_the_function() -> None:
+    import searchpipe
+    import searchpipe.evaluate  # noqa: F401  (importing the module must not shadow the function)
+
+    assert (
+        searchpipe.evaluate({"q": {"d": 1.0}}, {"q": {"d": 1}}, metrics=("mrr@10",))["mrr@10"]
+        == 1.0
+    )
