@@ -334,7 +334,9 @@ def run(config: Path, as_json: bool) -> None:
     click.echo(f"index {ix['name']}: {ix['docs']} docs (version {ix['version']})")
     if "search" in result:
         s = result["search"]
-        click.echo(f"search: {s['rows']} hits for {s['queries']} queries → {s['output']}")
+        click.echo(
+            f"search: {s['rows']} hits for {s['queries']} queries → {os.path.normpath(s['output'])}"
+        )
     if "eval" in result:
         click.echo(
             "eval: "
