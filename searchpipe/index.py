@@ -25,8 +25,6 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -483,12 +481,3 @@ def _root(name: str | Path, index_root: str | Path | None) -> Path:
 def rows_to_doc_ids(docs: pa.Table, rows: np.ndarray) -> pa.Array:
     """Doc ids of doc store rows (a zero-copy ``take`` on the memory-mapped store)."""
     return docs.column(C.DOC_ID).take(pa.array(rows.reshape(-1), pa.int64())).combine_chunks()
-
-
-@contextmanager
-def timed(stats: dict[str, float], key: str) -> Iterator[None]:
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        stats[key] = stats.get(key, 0.0) + time.perf_counter() - t0

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 from searchpipe.errors import InputError
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -30,12 +27,3 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
     if precision == "fp32":
         return "fp32"
     return "bf16" if bf16_supported(device) else "fp32"
-
-
-def autocast(precision: str, device: str = "cpu") -> Any:
-    """The autocast context for a resolved precision (a no-op for fp32)."""
-    import torch
-
-    if precision == "bf16":
-        return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-    return contextlib.nullcontext()
