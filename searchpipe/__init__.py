@@ -1,15 +1,12 @@
 """searchpipe: semantic search and reranking as composable Arrow pipeline stages.
 
-The public API is imported lazily so that ``searchpipe --help`` stays fast.
+The public API is imported lazily so that ``searchpipe --help`` stays fast. Scoring runs is
+``searchpipe.evaluate.evaluate`` (the module keeps the name ``searchpipe.evaluate``).
 """
 
 from __future__ import annotations
 
 from typing import Any
-
-# the function shares its module's name; bind it eagerly (the module is light: ranx loads
-# lazily) so that importing the submodule later cannot shadow it
-from searchpipe.evaluate import evaluate as evaluate
 
 __version__ = "0.1.0"
 
@@ -46,4 +43,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'searchpipe' has no attribute {name!r}")
 
 
-__all__ = sorted([*_API, "evaluate"])
+__all__ = sorted(_API)

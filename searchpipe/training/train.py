@@ -611,12 +611,17 @@ def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
         len(prep.dev_ids),
         steps_per_epoch,
     )
+    return _fit(trainer, model, cfg, prep, t0, "reranker")
+
+
+def _fit(trainer: Any, model: Any, cfg: Any, prep: Any, t0: float, kind: str) -> dict[str, Any]:
+    """Train (resuming from the last checkpoint, if any), save the model, summarise."""
     try:
         trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
     except (RuntimeError, ValueError) as e:
-        raise RunError(f"reranker training failed: {str(e).splitlines()[0][:200]}") from None
+        raise RunError(f"{kind} training failed: {str(e).splitlines()[0][:200]}") from None
     model.save(str(cfg.output))
-    return _summary(cfg, prep, trainer, t0, "reranker")
+    return _summary(cfg, prep, trainer, t0, kind)
 
 
 def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
@@ -696,9 +701,4 @@ def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
         len(prep.dev_ids),
         steps_per_epoch,
     )
-    try:
-        trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
-    except (RuntimeError, ValueError) as e:
-        raise RunError(f"embedder training failed: {str(e).splitlines()[0][:200]}") from None
-    model.save(str(cfg.output))
-    return _summary(cfg, prep, trainer, t0, "embedder")
+    return _fit(trainer, model, cfg, prep, t0, "embedder")
