@@ -241,7 +241,7 @@ def _delimited_records(
             assert names is not None
             if len(row) != len(names):
                 raise InputError(
-                    f"{path}: line {reader.line_num}: expected {len(names)} fields ({', '.join(names)}), "
+                    f"{path}: line {reader.line_num}: expected {len(names)} fields ({', '.join(map(repr, names))}), "
                     f"got {len(row)}; quote fields that contain the delimiter"
                 )
             yield dict(zip(names, row, strict=True)), f"line {reader.line_num}"
