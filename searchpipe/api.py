@@ -199,7 +199,7 @@ class Searcher:
             else None
         )
         self.rerank_depth = rerank_depth
-        self.retrieval = {"retriever": retriever, "fusion": fusion, "rrf_k": rrf_k}
+        self.retrieval: dict[str, Any] = {"retriever": retriever, "fusion": fusion, "rrf_k": rrf_k}
         self._stages: dict[int, list[Any]] = {}
 
     def stages(self, k: int) -> list[Any]:

@@ -29,7 +29,7 @@ class _Group(click.Group):
             if os.environ.get("SEARCHPIPE_DEBUG"):
                 raise
             err = click.ClickException(str(e))
-            err.exit_code = e.exit_code
+            err.exit_code = e.exit_code  # type: ignore[misc]  # click keeps it per instance
             raise err from None
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

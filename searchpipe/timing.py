@@ -8,12 +8,12 @@ reads the counters around each query to print a breakdown. Counting costs two
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 #: seconds spent per component since the last ``reset``
-seconds: Counter[str] = Counter()
+seconds: defaultdict[str, float] = defaultdict(float)
 
 
 @contextmanager

@@ -118,7 +118,7 @@ class Fuse(Stage):
             C.RANK,
             *(f"{n}_score" for n in names),
         )
-        self.docs = retrievers[0].index.docs
+        self.docs = retrievers[0].index.docs  # type: ignore[attr-defined]
 
     def output_columns(self, available: set[str]) -> set[str]:
         return set(self.provides)

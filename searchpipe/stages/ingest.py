@@ -284,7 +284,7 @@ class Ingest(Source):
     """
 
     name = "ingest"
-    provides = (C.DOC_ID, C.TITLE, C.TEXT, C.METADATA)
+    provides: tuple[str, ...] = (C.DOC_ID, C.TITLE, C.TEXT, C.METADATA)
 
     def __init__(self, path: str | Path, kind: str = "doc", batch_rows: int = 1024) -> None:
         self.kind = kind
