@@ -9,7 +9,7 @@ bm25s as NumPy arrays and JSON (no pickle).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
-from searchpipe.stages.base import Stage
 from searchpipe.stages.embed import joined_text
-from searchpipe.stages.retrieve import hits_batch
+from searchpipe.stages.retrieve import Retrieve
 from searchpipe.timing import timed
 
 BM25_DIR = "bm25"
@@ -92,21 +91,21 @@ class BM25Index:
         return scores.astype(np.float32), rows
 
 
-class RetrieveBM25(Stage):
+class RetrieveBM25(Retrieve):
     """Lexical retrieval: the ``k`` best BM25 matches of each query's text.
+
+    Same output as dense ``Retrieve``; only the search differs.
 
     >>> RetrieveBM25(index, k=100)  # doctest: +SKIP
     """
 
     name = "retrieve_bm25"
     requires = (C.QUERY_ID, C.TEXT)
-    provides = (C.QUERY_ID, C.QUERY_TEXT, C.DOC_ID, C.DOC_ROW, C.SCORE, C.RANK)
 
     def __init__(self, index: Any, k: int = 100) -> None:
         from searchpipe.errors import InputError
 
-        self.index = index
-        self.k = k
+        super().__init__(index, k)
         folder = index.version_dir / BM25_DIR
         if index.bm25 is None and not folder.is_dir():
             raise InputError(
@@ -117,14 +116,5 @@ class RetrieveBM25(Stage):
         # version folder later cannot break a long-lived reader
         self.bm25 = index.bm25 if index.bm25 is not None else BM25Index(folder)
 
-    def output_columns(self, available: set[str]) -> set[str]:
-        return set(self.provides)
-
-    def settings(self) -> dict[str, Any]:
-        m = self.index.manifest
-        return {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
-
-    def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            scores, rows = self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)
-            yield hits_batch(batch, scores, rows, self.index.docs)
+    def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        return self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)

@@ -57,7 +57,7 @@ class Retrieve(Stage):
     """
 
     name = "retrieve"
-    requires = (C.QUERY_ID, C.TEXT, C.EMBEDDING)
+    requires: tuple[str, ...] = (C.QUERY_ID, C.TEXT, C.EMBEDDING)
     provides = tuple(HITS_SCHEMA.names)
 
     def __init__(self, index: Index, k: int = 100) -> None:
@@ -71,10 +71,12 @@ class Retrieve(Stage):
         m = self.index.manifest
         return {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
 
+    def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) scores and doc store rows for the queries of ``batch``."""
+        with timed("faiss"):
+            return self.index.search(arrow_to_vectors(batch.column(C.EMBEDDING)), self.k)
+
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            with timed("faiss"):
-                scores, rows = self.index.search(
-                    arrow_to_vectors(batch.column(C.EMBEDDING)), self.k
-                )
+            scores, rows = self.search(batch)
             yield hits_batch(batch, scores, rows, self.index.docs)
