@@ -229,7 +229,7 @@ def read_folder(folder: Path) -> tuple[EncoderConfig, dict[str, Any], dict[str, 
     return config, raw, state
 
 
-def _fill(module: torch.nn.Module, ours: dict[str, torch.Tensor], source: Path) -> None:
+def _fill(module: torch.nn.Module, ours: dict[str, torch.Tensor], source: str | Path) -> None:
     """Copy ``ours`` into ``module``; missing or mis-shaped tensors are an error naming them."""
     own = module.state_dict()
     missing = sorted(set(own) - set(ours))
@@ -259,30 +259,48 @@ def load_model(model: str | os.PathLike[str], kind: str = "auto") -> AnyModel:
     """
     folder = resolve_model(model).path
     config, _, state = read_folder(folder)
-    ours = hf_to_ours(state, config.n_layers)
+    return _build(config, hf_to_ours(state, config.n_layers), kind, str(folder))
+
+
+def from_transformers(hf_model: Any, kind: str = "auto") -> AnyModel:
+    """Our modules holding the weights of an in-memory ``transformers`` BERT model.
+
+    Accepts ``BertModel`` (with its pooler) and the head models (``BertForSequenceClassification``
+    ...); raises ``InputError``/``RunError`` for anything else, as ``load_model`` does.
+    """
+    source = f"{type(hf_model).__name__} ({getattr(hf_model.config, 'name_or_path', '')})"
+    config = config_from_hf(hf_model.config.to_dict(), source)
+    state = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
+    return _build(config, hf_to_ours(state, config.n_layers), kind, source)
+
+
+def _build(
+    config: EncoderConfig, ours: dict[str, torch.Tensor], kind: str, source: str
+) -> AnyModel:
+    """Our model of ``kind`` from a state dict already in our names (see ``load_model``)."""
     has_mlm = any(k.startswith("mlm.") for k in ours)
     has_classifier = "classifier.weight" in ours
     if kind == "auto":
         kind = "classifier" if has_classifier else "pretraining" if has_mlm else "encoder"
     encoder = TransformerEncoder(config)
-    _fill(encoder, _prefixed(ours, "encoder."), folder)
+    _fill(encoder, _prefixed(ours, "encoder."), source)
     result: AnyModel
     if kind == "encoder":
         result = encoder
     elif kind == "pretraining":
         result = PretrainingModel(config, encoder)
         if has_mlm:
-            _fill(result.mlm, _prefixed(ours, "mlm."), folder)
+            _fill(result.mlm, _prefixed(ours, "mlm."), source)
         if "nsp.seq_relationship.weight" in ours:
-            _fill(result.nsp, _prefixed(ours, "nsp."), folder)
+            _fill(result.nsp, _prefixed(ours, "nsp."), source)
     elif kind == "classifier":
         if not has_classifier:
             raise InputError(
-                f"model {model} has no classification head ('classifier.weight'); pass a "
-                "cross-encoder folder (BertForSequenceClassification)"
+                f"model {source} has no classification head ('classifier.weight'); pass a "
+                "cross-encoder source (BertForSequenceClassification)"
             )
         result = SequenceClassifier(config, ours["classifier.weight"].shape[0], encoder)
-        _fill(result.classifier, _prefixed(ours, "classifier."), folder)
+        _fill(result.classifier, _prefixed(ours, "classifier."), source)
     else:
         raise ValueError(f"kind={kind!r}; expected auto, encoder, pretraining or classifier")
     return result.eval()

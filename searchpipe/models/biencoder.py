@@ -1,9 +1,10 @@
 """The bi-encoder: a sentence-transformers model run on our fast path.
 
 The model folder (and its pooling and normalisation) is whatever sentence-transformers
-loads; we only replace the loop around it: one tokenizer call per record batch, token-budget
-batches sorted by length, bf16 weights where the CPU has native bf16, and
-``torch.inference_mode``. The result is float32 NumPy, ready for FAISS.
+loads; we replace the loop around it and, for BERT models, the network itself: one tokenizer
+call per record batch, token-budget batches sorted by length, bf16 weights where the CPU has
+native bf16, our encoder with fused kernels (``models.inference``), ``torch.inference_mode``.
+Pooling runs in fp32 on the body's output. The result is float32 NumPy, ready for FAISS.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
+from searchpipe.models.inference import for_transformers
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
@@ -63,37 +65,45 @@ class BiEncoder:
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
         try:
-            self.model = SentenceTransformer(
-                str(self.ref.path), device=device, local_files_only=True
-            )
+            st = SentenceTransformer(str(self.ref.path), device=device, local_files_only=True)
         except Exception as e:  # a folder that is not a model
             raise InputError(
                 f"model folder {self.ref.path} could not be loaded as a sentence-transformers or "
                 f"Hugging Face model ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             ) from None
-        self.model.eval()
+        st.eval()
         self.device = device
         self.precision = resolve_precision(precision, device)
-        if self.precision == "bf16":
-            # bf16 weights outright: autocast re-casts activations around every op and
-            # measured slower for the same quality (mean cosine to fp32 0.99995 on SciFact)
-            self.model.to(torch.bfloat16)
+        # bf16 weights outright: autocast re-casts activations around every op and measured
+        # slower for the same quality (mean cosine to fp32 0.99995 on SciFact)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.token_budget = token_budget
         self.batch_size = batch_size
-        tokenizer = self.model.tokenizer
+        tokenizer = st.tokenizer
         if tokenizer is None:
             raise InputError(f"model folder {self.ref.path} has no tokenizer files")
         self.tokenizer = tokenizer
-        limit = self.model.max_seq_length or tokenizer.model_max_length or 512
+        limit = st.max_seq_length or tokenizer.model_max_length or 512
         self.max_length = min(max_length or limit, limit)
-        self.dim = int(self.model.get_embedding_dimension() or 0)
-        self.normalize = any(type(m).__name__ == "Normalize" for m in self.model)
-        self.pooling = self._pooling_mode()
+        self.dim = int(st.get_embedding_dimension() or 0)
+        self.normalize = any(type(m).__name__ == "Normalize" for m in st)
+        self.pooling = self._pooling_mode(st)
         self.truncated = 0  # texts cut at max_length so far
+        # a BERT body runs as our fused encoder and the modules after it (pooling,
+        # normalisation, dense) as sentence-transformers defines them; others run as loaded
+        first = st[0]
+        self.body = (
+            for_transformers(first.auto_model, dtype, device, token_budget)
+            if type(first).__name__ == "Transformer" and hasattr(first, "auto_model")
+            else None
+        )
+        self.head = torch.nn.Sequential(*list(st)[1:]) if self.body is not None else None
+        self.model = None if self.body is not None else st.to(dtype)
         torch.set_num_threads(max(torch.get_num_threads(), 1))
 
-    def _pooling_mode(self) -> str:
-        for module in self.model:
+    @staticmethod
+    def _pooling_mode(model: Any) -> str:
+        for module in model:
             if type(module).__name__ == "Pooling":
                 return str(getattr(module, "pooling_mode", "unknown"))
         return "none"
@@ -143,10 +153,24 @@ class BiEncoder:
                 }
                 try:
                     with timed("embed_forward"):
-                        emb = self.model(features)["sentence_embedding"]
+                        emb = self._forward(features)
                 except RuntimeError as e:
                     raise RunError(f"embedding failed: {str(e).splitlines()[0]}") from None
                 out[rows] = emb.float().numpy()
-        if self.normalize and self.precision != "fp32":  # unit length in fp32, for inner product
+        if (
+            self.normalize and self.precision != "fp32" and self.body is None
+        ):  # unit length in fp32, for inner product
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
+
+    def _forward(self, features: dict[str, Any]) -> Any:
+        """Sentence embeddings (B, dim) of one padded batch."""
+        if self.body is None:
+            assert self.model is not None
+            return self.model(features)["sentence_embedding"]
+        assert self.head is not None
+        hidden = self.body(
+            features["input_ids"], features["attention_mask"], features["token_type_ids"]
+        )
+        features["token_embeddings"] = hidden.float()
+        return self.head(features)["sentence_embedding"]

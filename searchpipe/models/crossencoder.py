@@ -1,7 +1,8 @@
 """The cross-encoder: a sentence-transformers CrossEncoder folder run on our fast path.
 
 Same treatment as the bi-encoder: pairs tokenized once, length-sorted token-budget batches,
-bf16 weights where native, ``torch.inference_mode``. Pairs longer than the model's
+bf16 weights where native, a BERT network run as our fused encoder (``models.inference``),
+``torch.inference_mode``. Pairs longer than the model's
 maximum length are truncated (longest side first, as sentence-transformers does) and
 counted in ``truncated``, so callers can report it.
 """
@@ -15,6 +16,7 @@ import numpy as np
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
+from searchpipe.models.inference import for_transformers
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
@@ -43,28 +45,38 @@ class CrossEncoderScorer:
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
         try:
-            self.model = CrossEncoder(str(self.ref.path), device=device, local_files_only=True)
+            ce = CrossEncoder(str(self.ref.path), device=device, local_files_only=True)
         except Exception as e:
             raise InputError(
                 f"rerank model {self.ref.path} could not be loaded as a sentence-transformers "
                 f"CrossEncoder ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
             ) from None
-        if self.model.num_labels != 1:
+        if ce.num_labels != 1:
             raise InputError(
-                f"rerank model {self.ref.path} has {self.model.num_labels} output labels; "
+                f"rerank model {self.ref.path} has {ce.num_labels} output labels; "
                 "a reranker needs a one-logit head (num_labels=1)"
             )
-        self.model.eval()
+        ce.eval()
         self.device = device
         self.precision = resolve_precision(precision, device)
-        if self.precision == "bf16":
-            self.model.to(torch.bfloat16)  # as in BiEncoder: faster than autocast, same ranking
+        # as in BiEncoder: bf16 weights are faster than autocast, with the same ranking
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self.token_budget = token_budget
         self.batch_size = batch_size
-        self.tokenizer = self.model.tokenizer
-        limit = self.model.max_seq_length or self.tokenizer.model_max_length or 512
+        self.tokenizer = ce.tokenizer
+        limit = ce.max_seq_length or self.tokenizer.model_max_length or 512
         self.max_length = min(max_length or limit, limit, 512)
         self.truncated = 0
+        self.activation = ce.activation_fn
+        first = ce[0]
+        self.body = (
+            for_transformers(first.auto_model, dtype, device, token_budget)
+            if len(ce) == 1 and hasattr(first, "auto_model")
+            else None
+        )
+        if self.body is not None and self.body.classifier is None:
+            self.body = None
+        self.model = None if self.body is not None else ce.to(dtype)
 
     def identity(self) -> dict[str, Any]:
         return {
@@ -101,7 +113,6 @@ class CrossEncoderScorer:
             return out
         packed = self.tokenize(queries, docs)
         pad_id = self.tokenizer.pad_token_id or 0
-        activation = self.model.activation_fn
         with torch.inference_mode():
             for rows, (ids, types, mask) in iter_batches(
                 packed, self.token_budget, self.batch_size, pad_id
@@ -113,13 +124,22 @@ class CrossEncoderScorer:
                 }
                 try:
                     with timed("rerank_forward"):
-                        logits = self.model(features)["scores"].float()
+                        logits = self._forward(features).float()
                 except RuntimeError as e:
                     raise RunError(f"reranking failed: {str(e).splitlines()[0]}") from None
-                if activation is not None:
-                    logits = activation(logits)
+                if self.activation is not None:
+                    logits = self.activation(logits)
                 out[rows] = logits.reshape(-1).numpy()
         return out
+
+    def _forward(self, features: dict[str, Any]) -> Any:
+        """Logits (B, 1) of one padded batch."""
+        if self.body is None:
+            assert self.model is not None
+            return self.model(features)["scores"]
+        return self.body.logits(
+            features["input_ids"], features["attention_mask"], features["token_type_ids"]
+        )
 
 
 def make_untrained_cross_encoder(base: str, output: str, seed: int = 0) -> str:
