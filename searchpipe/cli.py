@@ -190,10 +190,10 @@ def _index_summary(m: dict[str, Any]) -> dict[str, Any]:
 
 @main.command()
 @click.argument("name")
-@click.argument("queries", nargs=-1, required=True)
+@click.argument("queries", nargs=-1)
 @click.option("-k", type=int, default=10, show_default=True, help="Hits per query.")
 @with_search_options
-@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print hits as JSON (JSON Lines on stdin).")
 @index_dir_option
 def query(
     name: str,
@@ -203,28 +203,53 @@ def query(
     index_dir: Path | None,
     **search: Any,
 ) -> None:
-    """Search index NAME for one or more free-text QUERIES (models load once)."""
+    """Search index NAME for free-text QUERIES; models and index load once.
+
+    With no QUERIES, reads one query per line from stdin and answers each as it arrives (an
+    interactive session on a terminal; with --json, one JSON object per line for programs).
+    """
     from searchpipe.api import Searcher
 
     searcher = Searcher(name, index_root=index_dir, **search)
-    results = []
-    for text in queries:
-        hits = (
-            searcher.search(text, k=k)
-            .drop_columns(["query_id", "query_text", "doc_row"])
-            .to_pylist()
-        )
-        results.append({"query": text, "hits": hits})
-        if not as_json:
-            click.echo(f"\n{text}")
-            for h in hits:
-                score = h.get("rerank_score") if h.get("rerank_score") is not None else h["score"]
-                snippet = h["text"][:100] + ("…" if len(h["text"]) > 100 else "")
-                click.echo(
-                    f"  {h['rank']:>3}. [{h['doc_id']}] {score:7.4f}  {h['title']} — {snippet}"
-                )
-    if as_json:
-        _emit({"index": name, "results": results})
+
+    def hits_of(text: str) -> list[dict[str, Any]]:
+        table = searcher.search(text, k=k)
+        return table.drop_columns(["query_id", "query_text", "doc_row"]).to_pylist()
+
+    if queries:
+        results = [{"query": text, "hits": hits_of(text)} for text in queries]
+        if as_json:
+            _emit({"index": name, "results": results})
+        else:
+            for r in results:
+                _print_hits(r["query"], r["hits"])
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo(f"searching {name}: one query per line, Ctrl-D to end", err=True)
+    while True:
+        if interactive:
+            click.echo("query> ", nl=False, err=True)
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        hits = hits_of(text)
+        if as_json:
+            click.echo(json.dumps({"query": text, "hits": hits}, default=str))
+        else:
+            _print_hits(text, hits)
+        sys.stdout.flush()
+
+
+def _print_hits(text: str, hits: list[dict[str, Any]]) -> None:
+    click.echo(f"\n{text}")
+    for h in hits:
+        score = h.get("rerank_score") if h.get("rerank_score") is not None else h["score"]
+        snippet = h["text"][:100] + ("…" if len(h["text"]) > 100 else "")
+        click.echo(f"  {h['rank']:>3}. [{h['doc_id']}] {score:7.4f}  {h['title']} — {snippet}")
 
 
 @main.command()

@@ -41,6 +41,16 @@ def test_index_query_search_eval_info(
     hits = json.loads(result.stdout)["results"][0]["hits"]
     assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["doc_id"] == "d011"
 
+    # a session: queries on stdin, one JSON line each, blank lines skipped, models loaded once
+    result = runner.invoke(
+        main, ["query", "s", "-k", "2", "--json"], input="what makes Mars look red\n\nbats\n"
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["query"] for line in lines] == ["what makes Mars look red", "bats"]
+    assert [len(line["hits"]) for line in lines] == [2, 2]
+    assert lines[0]["hits"][0]["doc_id"] == "d011"
+
     result = invoke(
         runner,
         "search",

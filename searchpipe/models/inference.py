@@ -63,7 +63,7 @@ class FusedLinear:
     ) -> torch.Tensor:
         if self.fused:  # algorithm "none" is GELU's exact erf form, as BERT's "gelu"
             algorithm = "none" if activation == "gelu" else ""
-            return torch.ops.mkldnn._linear_pointwise(
+            return torch.ops.mkldnn._linear_pointwise.default(
                 x, self.weight, self.bias, activation, [], algorithm
             )
         y = F.linear(x, self.weight, self.bias)
@@ -72,7 +72,10 @@ class FusedLinear:
     def add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``linear(x) + residual``."""
         if self.fused:
-            return torch.ops.mkldnn._linear_pointwise(x, residual, self.weight, self.bias, "add")
+            # the overload by name: resolving it from the arguments formats them (ms per call)
+            return torch.ops.mkldnn._linear_pointwise.binary(
+                x, residual, self.weight, self.bias, "add"
+            )
         return F.linear(x, self.weight, self.bias) + residual
 
 
