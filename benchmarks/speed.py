@@ -10,7 +10,8 @@
 - ann:    ~100k MiniLM vectors of real text (SciFact sentences and passage windows, STS-B
           sentences), tuned HNSW vs faiss exact search; QPS ratio at recall@10 >= 0.95,
           1,109 SciFact queries in batches of 555.
-- query:  ``searchpipe bench``'s measurement on SciFact: embed + hybrid search + rerank top 20.
+- query:  ``searchpipe bench``'s measurement on SciFact: embed + hybrid search + rerank top 20,
+          pairs cut at ``--rerank-max-length`` tokens (default 256).
 
 The reranker is ``--reranker DIR`` (a trained CrossEncoder folder) or, by default, MiniLM's
 body with a fresh one-logit head (speed does not depend on the head's training).
@@ -286,7 +287,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="embed 512 docs only, no nDCG")
     parser.add_argument("--target-recall", type=float, default=0.95)
     parser.add_argument(
-        "--rerank-max-length", type=int, default=None, help="query part: tokens per pair"
+        "--rerank-max-length",
+        type=int,
+        default=256,
+        help="query part: tokens per pair (default 256, the length `searchpipe train reranker` "
+        "trains and saves rerankers at; 512 is MiniLM's limit)",
     )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
