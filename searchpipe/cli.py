@@ -217,12 +217,12 @@ def query(
         return table.drop_columns(["query_id", "query_text", "doc_row"]).to_pylist()
 
     if queries:
-        results = [{"query": text, "hits": hits_of(text)} for text in queries]
+        answers = [(text, hits_of(text)) for text in queries]
         if as_json:
-            _emit({"index": name, "results": results})
+            _emit({"index": name, "results": [{"query": q, "hits": h} for q, h in answers]})
         else:
-            for r in results:
-                _print_hits(r["query"], r["hits"])
+            for text, hits in answers:
+                _print_hits(text, hits)
         return
     interactive = sys.stdin.isatty()
     if interactive:
