@@ -157,9 +157,8 @@ class BiEncoder:
                 except RuntimeError as e:
                     raise RunError(f"embedding failed: {str(e).splitlines()[0]}") from None
                 out[rows] = emb.float().numpy()
-        if (
-            self.normalize and self.precision != "fp32" and self.body is None
-        ):  # unit length in fp32, for inner product
+        if self.body is None and self.normalize and self.precision != "fp32":
+            # normalised in bf16 by the module: unit length again in fp32, for inner product
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out
 

@@ -2,9 +2,9 @@
 
 Same treatment as the bi-encoder: pairs tokenized once, length-sorted token-budget batches,
 bf16 weights where native, a BERT network run as our fused encoder (``models.inference``),
-``torch.inference_mode``. Pairs longer than the model's
-maximum length are truncated (longest side first, as sentence-transformers does) and
-counted in ``truncated``, so callers can report it.
+``torch.inference_mode``. Pairs longer than the model's maximum length are truncated
+(longest side first, as sentence-transformers does) and counted in ``truncated``, so
+callers can report it.
 """
 
 from __future__ import annotations
@@ -74,8 +74,6 @@ class CrossEncoderScorer:
             if len(ce) == 1 and hasattr(first, "auto_model")
             else None
         )
-        if self.body is not None and self.body.classifier is None:
-            self.body = None
         self.model = None if self.body is not None else ce.to(dtype)
 
     def identity(self) -> dict[str, Any]:
