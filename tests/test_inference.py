@@ -80,7 +80,7 @@ def test_other_architectures_run_through_transformers(monkeypatch) -> None:  # t
     )
     assert for_transformers(BertForMaskedLM(config), torch.float32) is None
     # a bi-encoder whose body we do not run still embeds exactly as sentence-transformers
-    monkeypatch.setattr(biencoder_mod, "for_transformers", lambda *a, **k: None)
+    monkeypatch.setattr(biencoder_mod, "transformer_body", lambda *a, **k: None)
     enc = BiEncoder("minilm", precision="fp32")
     assert enc.body is None and enc.model is not None
     st = SentenceTransformer(str(enc.ref.path), device="cpu")

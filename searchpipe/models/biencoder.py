@@ -17,8 +17,8 @@ import numpy as np
 
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
-from searchpipe.models.inference import for_transformers
-from searchpipe.models.precision import resolve_precision
+from searchpipe.models.inference import transformer_body
+from searchpipe.models.precision import compute_dtype, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
 
@@ -76,7 +76,7 @@ class BiEncoder:
         self.precision = resolve_precision(precision, device)
         # bf16 weights outright: autocast re-casts activations around every op and measured
         # slower for the same quality (mean cosine to fp32 0.99995 on SciFact)
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        dtype = compute_dtype(self.precision)
         self.token_budget = token_budget
         self.batch_size = batch_size
         tokenizer = st.tokenizer
@@ -91,12 +91,7 @@ class BiEncoder:
         self.truncated = 0  # texts cut at max_length so far
         # a BERT body runs as our fused encoder and the modules after it (pooling,
         # normalisation, dense) as sentence-transformers defines them; others run as loaded
-        first = st[0]
-        self.body = (
-            for_transformers(first.auto_model, dtype, device, token_budget)
-            if type(first).__name__ == "Transformer" and hasattr(first, "auto_model")
-            else None
-        )
+        self.body = transformer_body(st, dtype, device, token_budget)
         self.head = torch.nn.Sequential(*list(st)[1:]) if self.body is not None else None
         self.model = None if self.body is not None else st.to(dtype)
         torch.set_num_threads(max(torch.get_num_threads(), 1))

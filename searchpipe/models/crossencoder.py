@@ -16,8 +16,8 @@ import numpy as np
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
-from searchpipe.models.inference import for_transformers
-from searchpipe.models.precision import resolve_precision
+from searchpipe.models.inference import transformer_body
+from searchpipe.models.precision import compute_dtype, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
 
@@ -39,7 +39,6 @@ class CrossEncoderScorer:
         max_length: int | None = None,
         device: str = "cpu",
     ) -> None:
-        import torch
         from sentence_transformers import CrossEncoder
 
         quiet_transformers()
@@ -60,7 +59,7 @@ class CrossEncoderScorer:
         self.device = device
         self.precision = resolve_precision(precision, device)
         # as in BiEncoder: bf16 weights are faster than autocast, with the same ranking
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        dtype = compute_dtype(self.precision)
         self.token_budget = token_budget
         self.batch_size = batch_size
         self.tokenizer = ce.tokenizer
@@ -68,12 +67,8 @@ class CrossEncoderScorer:
         self.max_length = min(max_length or limit, limit, 512)
         self.truncated = 0
         self.activation = ce.activation_fn
-        first = ce[0]
-        self.body = (
-            for_transformers(first.auto_model, dtype, device, token_budget)
-            if len(ce) == 1 and hasattr(first, "auto_model")
-            else None
-        )
+        # only a lone Transformer module: anything after it would be skipped by the body
+        self.body = transformer_body(ce, dtype, device, token_budget) if len(ce) == 1 else None
         self.model = None if self.body is not None else ce.to(dtype)
 
     def identity(self) -> dict[str, Any]:

@@ -169,6 +169,19 @@ class InferenceEncoder:
         return self.classifier(self.pooler(hidden))
 
 
+def transformer_body(
+    model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = 16384
+) -> InferenceEncoder | None:
+    """Our inference encoder for the network in a sentence-transformers model's first module.
+
+    None unless that module is a ``Transformer`` wrapping a BERT we run (``for_transformers``).
+    """
+    first = model[0]
+    if type(first).__name__ != "Transformer" or not hasattr(first, "auto_model"):
+        return None
+    return for_transformers(first.auto_model, dtype, device, rows_hint)
+
+
 def for_transformers(
     hf_model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = 16384
 ) -> InferenceEncoder | None:

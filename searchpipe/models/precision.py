@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from searchpipe.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -18,6 +23,13 @@ def bf16_supported(device: str = "cpu") -> bool:
         getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
         or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
     )
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a resolved precision ('bf16' or 'fp32')."""
+    import torch
+
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
