@@ -127,15 +127,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.setLevel(logging.INFO)
 
     from searchpipe.api import Searcher, build_index
-    from searchpipe.evaluate import evaluate, read_qrels
+    from searchpipe.eval.metrics import evaluate
+    from searchpipe.eval.runs import read_qrels
     from searchpipe.stages.ingest import read_queries
-    from searchpipe.training.tune import (
+    from searchpipe.training.sweep import (
         FirstStage,
         PairCache,
         as_run,
         format_table,
         reranked,
-        tune,
+        sweep,
     )
 
     t_all = time.perf_counter()
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("hybrid+reranker", base, {"rrf_ks": (60,), "weights": ((1.0, 1.0),)}),
         ("cascade", tuned_index, {}),
     ):
-        result = tune(
+        result = sweep(
             index, dev / "dev-queries.jsonl", dev / "dev-qrels.tsv", rerank=str(reranker),
             depths=(args.depth,), retrievers=("hybrid",), rerank_top=1, blends=blends,
             cache=cache, **grid,
@@ -213,24 +214,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     texts = list(query_text.values())[: args.latency_queries]
     searchers = {
-        "bm25": Searcher(base, retriever="bm25"),
-        "dense": Searcher(base, retriever="dense"),
-        "hybrid": Searcher(base, retriever="hybrid"),
+        "bm25": Searcher(base, retriever="bm25", k=100),
+        "dense": Searcher(base, retriever="dense", k=100),
+        "hybrid": Searcher(base, retriever="hybrid", k=100),
     }
     for system in ("hybrid+reranker", "cascade"):
         c = choice[system]
         idx = base if system == "hybrid+reranker" else tuned_index
-        s = Searcher(
+        searchers[system] = Searcher(
             idx,
+            reranker=scorer,  # one loaded reranker for both systems
+            k=100,
             retriever="hybrid",
             fusion=c.get("fusion", "rrf"),
             rrf_k=c.get("rrf_k", 60),
+            dense_weight=c.get("dense_weight", 1.0),
+            bm25_weight=c.get("bm25_weight", 1.0),
             rerank_depth=c["rerank_depth"],
+            rerank_blend=c["rerank_blend"],
         )
-        s.reranker = scorer  # one loaded reranker for both systems
-        if (c.get("dense_weight", 1.0), c.get("bm25_weight", 1.0)) != (1.0, 1.0):
-            s.retrieval.update(dense_weight=c["dense_weight"], bm25_weight=c["bm25_weight"])
-        searchers[system] = s
     for system in SYSTEMS:
         res = evaluate(as_run(runs[system], doc_ids), qrels, metrics)
         table[system] = {

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from searchpipe.models.bert_io import config_to_hf, hf_to_ours  # noqa: E402
 from searchpipe.models.encoder import EncoderConfig, PretrainingModel  # noqa: E402
-from searchpipe.pretrain import resolve_precision  # noqa: E402
+from searchpipe.models.precision import resolve_precision  # noqa: E402
 
 PRESETS = {
     "minilm": EncoderConfig(),  # all-MiniLM-L6-v2's shape: 6 x 384, 12 heads, 30522 tokens
@@ -119,7 +119,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
-    bf16 = resolve_precision(args.precision, "cpu")
+    bf16 = resolve_precision(args.precision, "cpu") == "bf16"
     hf, ours = build(config, args.seed)
     hf_opt = adamw(hf)
     our_opt = adamw(ours)

@@ -44,7 +44,7 @@ def scifact_docs() -> tuple[list[str], list[str]]:
 
 
 def scifact_test_queries() -> dict[str, str]:
-    from searchpipe.evaluate import read_qrels
+    from searchpipe.eval.runs import read_qrels
 
     judged = read_qrels(SCIFACT / "qrels" / "test.tsv")
     out = {}
@@ -59,7 +59,7 @@ def scifact_test_queries() -> dict[str, str]:
 def dense_ndcg(
     doc_ids: list[str], doc_vecs: np.ndarray, queries: dict[str, str], q_vecs: np.ndarray
 ) -> float:
-    from searchpipe.evaluate import evaluate
+    from searchpipe.eval.metrics import evaluate
 
     scores = q_vecs @ doc_vecs.T
     top = np.argsort(-scores, axis=1)[:, :100]
@@ -194,7 +194,7 @@ def bench_ann(target: float) -> dict[str, Any]:
 
     import faiss
 
-    from searchpipe.ann import exact_topk, pseudo_queries, recall_at_k, tune
+    from searchpipe.index.ann import exact_topk, pseudo_queries, recall_at_k, tune_search_params
     from searchpipe.models.biencoder import BiEncoder
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -221,7 +221,7 @@ def bench_ann(target: float) -> dict[str, Any]:
     texts = ann_texts()
     picks = np.random.default_rng(1).choice(len(texts), size=500, replace=False)
     tune_q = pseudo_queries([texts[i] for i in picks], encoder)
-    setting = tune(hnsw, tune_q, exact_topk(tune_q, iter([vectors])), target)
+    setting = tune_search_params(hnsw, tune_q, exact_topk(tune_q, iter([vectors])), target)
     batches = [queries]  # one batch of all 1,109 (the goal asks for batches of >= 400)
 
     def run(index: Any) -> tuple[float, np.ndarray]:
@@ -252,7 +252,7 @@ def bench_ann(target: float) -> dict[str, Any]:
 
 
 def _train_queries() -> list[str]:
-    from searchpipe.evaluate import read_qrels
+    from searchpipe.eval.runs import read_qrels
 
     judged = read_qrels(SCIFACT / "qrels" / "train.tsv")
     with open(SCIFACT / "queries.jsonl") as f:
@@ -261,7 +261,7 @@ def _train_queries() -> list[str]:
 
 def bench_query(reranker: str, home: Path, max_length: int | None) -> dict[str, Any]:
     from searchpipe.api import Searcher
-    from searchpipe.bench import measure
+    from searchpipe.eval.latency import measure
 
     index = scifact_index(home)
     searcher = Searcher(index, rerank=reranker, rerank_depth=20, rerank_max_length=max_length)

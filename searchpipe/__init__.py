@@ -1,7 +1,6 @@
 """searchpipe: semantic search and reranking as composable Arrow pipeline stages.
 
-The public API is imported lazily so that ``searchpipe --help`` stays fast. Scoring runs is
-``searchpipe.evaluate.evaluate`` (the module keeps the name ``searchpipe.evaluate``).
+The public API is imported lazily so that ``searchpipe --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,21 +12,27 @@ __version__ = "0.1.0"
 _API = {
     "build_index": "searchpipe.api",
     "open_index": "searchpipe.api",
+    "query_stages": "searchpipe.api",
     "search": "searchpipe.api",
     "run_job": "searchpipe.api",
     "Searcher": "searchpipe.api",
-    "add_documents": "searchpipe.update",
-    "delete_documents": "searchpipe.update",
-    "compare_runs": "searchpipe.compare",
+    "add_documents": "searchpipe.api",
+    "delete_documents": "searchpipe.api",
+    "evaluate": "searchpipe.eval.metrics",
+    "compare_runs": "searchpipe.eval.compare",
     "Pipeline": "searchpipe.pipeline",
     "Ingest": "searchpipe.stages.ingest",
     "Embed": "searchpipe.stages.embed",
     "BuildIndex": "searchpipe.stages.build",
     "Retrieve": "searchpipe.stages.retrieve",
+    "RetrieveBM25": "searchpipe.stages.retrieve",
+    "Fuse": "searchpipe.stages.fuse",
     "Rerank": "searchpipe.stages.rerank",
+    "Cut": "searchpipe.stages.cut",
     "Write": "searchpipe.stages.write",
     "Index": "searchpipe.index",
     "IndexConfig": "searchpipe.config",
+    "SearchSettings": "searchpipe.config",
     "SearchConfig": "searchpipe.config",
     "EvalConfig": "searchpipe.config",
     "JobConfig": "searchpipe.config",

@@ -12,21 +12,18 @@ TITLE = "title"
 TEXT = "text"
 METADATA = "metadata"  # JSON text of any extra fields of the source record
 
-# queries (ingest of a queries file)
+# queries (ingest of a queries file): QUERY_ID and TEXT
 QUERY_ID = "query_id"
-QUERY_TEXT = "query_text"
 
 # embed
 EMBEDDING = "embedding"  # fixed_size_list<float32>[d]
 
-# retrieve: one row per (query, hit)
+# retrieve: one row per (query, hit); the query's text travels along as QUERY_TEXT
+QUERY_TEXT = "query_text"
 SCORE = "score"
 RANK = "rank"  # 1-based
 DOC_ROW = "doc_row"  # row of the hit in the index's doc store
-
-# hybrid retrieval (bm25 + fusion)
-DENSE_SCORE = "dense_score"
-BM25_SCORE = "bm25_score"
+# hybrid retrieval adds one raw score column per source: "<source>_score" (dense_score, ...)
 
 # rerank
 RERANK_SCORE = "rerank_score"

@@ -2,8 +2,9 @@
 
 YAML is only how a config is saved: ``load_config`` reads a file with the safe loader and
 validates it into these pydantic models; an unknown key is an error naming the key and the
-file, never a silent default. The Python API takes the same objects (or the same keyword
-names), so ``configs/*.yaml`` and code read alike.
+file, never a silent default. The CLI builds its options from the same fields
+(``searchpipe.cli.common.options_from``) and the Python API takes the same objects or the same
+keyword names, so ``configs/*.yaml``, command lines and code read alike.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from searchpipe.errors import InputError
+
+Precision = Literal["auto", "fp32", "bf16"]
 
 
 class StrictModel(BaseModel):
@@ -28,36 +31,68 @@ class IndexConfig(StrictModel):
 
     name: str
     corpus: Path
-    model: str = "minilm"
-    index_type: str = "Flat"  # a FAISS factory string, or "auto"
-    batch_size: int = Field(default=256, ge=1)  # most docs per forward pass; see token_budget
+    model: str = Field("minilm", description="Bi-encoder: 'minilm', a local folder or a Hub name.")
+    index_type: str = Field(
+        "Flat", description="FAISS factory string (Flat, HNSW32, IVF256,Flat, ...) or 'auto'."
+    )
+    batch_size: int = Field(256, ge=1, description="Most documents per forward pass.")
+    token_budget: int = Field(16384, ge=64, description="Most padded tokens per forward pass.")
+    max_length: int | None = Field(
+        None, ge=8, description="Tokens per document (default: the model's)."
+    )
+    precision: Precision = "auto"
+    target_recall: float = Field(
+        0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
+    )
+    bm25: bool = Field(True, description="Also build a BM25 index (hybrid search).")
 
-    token_budget: int = Field(default=16384, ge=64)  # padded tokens per forward pass
-    max_length: int | None = Field(default=None, ge=8)  # truncate docs (default: model's)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    target_recall: float = Field(default=0.95, gt=0, le=1)  # ANN indexes are tuned to reach it
-    bm25: bool = True  # also build a BM25 index (bm25s), for hybrid and lexical search
+
+class SearchSettings(StrictModel):
+    """How one query is answered: first stage, candidate depth, fusion, reranking.
+
+    ``searchpipe.api.query_stages`` turns these into the stages of every search path
+    (``Searcher``, ``search``, ``tune``, ``bench``).
+    """
+
+    k: int = Field(10, ge=1, description="Hits per query.")
+    candidates: int = Field(
+        100,
+        ge=1,
+        description="Rows each first-stage retriever fetches (at least k and the rerank depth); "
+        "fusion and rerank work on these, then the output is cut to k.",
+    )
+    retriever: Literal["auto", "hybrid", "dense", "bm25"] = Field(
+        "auto", description="First stage; auto is hybrid when the index has BM25."
+    )
+    fusion: Literal["rrf", "weighted"] = Field("rrf", description="How hybrid merges its lists.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense list in fusion.")
+    bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list in fusion.")
+    model: str | None = Field(None, description="Query encoder (default: the index's own model).")
+    rerank: str | None = Field(None, description="CrossEncoder model folder to rerank with.")
+    rerank_depth: int = Field(20, ge=1, description="Hits per query to rerank.")
+    rerank_blend: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the first-stage rank in the reranked order (RRF of both ranks); "
+        "0 orders by the reranker alone.",
+    )
+    rerank_max_length: int | None = Field(
+        None, ge=16, description="Tokens per (query, doc) pair (default: the model's)."
+    )
+    rerank_batch_tokens: int = Field(
+        16384, ge=64, description="Most padded tokens per reranker forward pass."
+    )
+    precision: Precision = "auto"
 
 
-class SearchConfig(StrictModel):
-    """How to search an index with a set of queries (``searchpipe search``)."""
+class SearchConfig(SearchSettings):
+    """A batch search (``searchpipe search``): settings plus the index, queries and run file."""
 
     index: str | None = None  # in a job config: the job's index
     queries: Path
     output: Path
-    k: int = Field(default=100, ge=1)
-    retriever: Literal["auto", "hybrid", "dense", "bm25"] = (
-        "auto"  # auto: hybrid if the index has BM25
-    )
-    fusion: Literal["rrf", "weighted"] = "rrf"
-    rrf_k: int = Field(default=60, ge=1)
-    dense_weight: float = Field(default=1.0, ge=0)
-    bm25_weight: float = Field(default=1.0, ge=0)
-    rerank: str | None = None
-    rerank_depth: int = Field(default=20, ge=1)
-    rerank_max_length: int | None = Field(default=None, ge=16)  # tokens per pair (default: model's)
-    rerank_batch_tokens: int = Field(default=16384, ge=64)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    k: int = Field(100, ge=1, description="Hits per query.")  # a run file keeps 100 for R@100
 
 
 class EvalConfig(StrictModel):
@@ -68,9 +103,13 @@ class EvalConfig(StrictModel):
 
 
 class JobConfig(StrictModel):
-    """A batch job (``searchpipe run CONFIG.yaml``): build, then optionally search and eval."""
+    """A batch job (``searchpipe run CONFIG.yaml``): build an index, search, evaluate.
 
-    index: IndexConfig
+    Each section is optional, but a job does something: a ``search:`` without ``index:`` names
+    an existing index (``search.index``), which is what ``searchpipe tune`` writes.
+    """
+
+    index: IndexConfig | None = None
     search: SearchConfig | None = None
     eval: EvalConfig | None = None
     index_dir: Path | None = None  # default: $SEARCHPIPE_HOME/indexes or ./indexes
@@ -79,13 +118,8 @@ class JobConfig(StrictModel):
 M = TypeVar("M", bound=BaseModel)
 
 
-def load_config(path: str | Path, model: type[M] = JobConfig) -> M:  # type: ignore[assignment]
-    """Read a YAML config into ``model``; relative paths in it are taken from the file's folder.
-
-    >>> cfg = load_config("configs/default.yaml")
-    >>> cfg.index.model
-    'minilm'
-    """
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path`` (safe loader); errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config {path} does not exist")
@@ -93,15 +127,53 @@ def load_config(path: str | Path, model: type[M] = JobConfig) -> M:  # type: ign
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise InputError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise InputError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
-    return validate(raw, model, source=str(path), base=path.parent)
+    return raw
 
 
-def validate(raw: dict[str, Any], model: type[M], source: str, base: Path | None = None) -> M:
+def load_config(
+    path: str | Path,
+    model: type[M] = JobConfig,  # type: ignore[assignment]
+    *,
+    section: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> M:
+    """Read a YAML config into ``model``; relative paths in it are taken from the file's folder.
+
+    ``section`` picks one top-level key (``search`` of a job file); ``overrides`` (command-line
+    flags) win over the file and are not rebased.
+
+    >>> cfg = load_config("configs/default.yaml")
+    >>> cfg.index.model
+    'minilm'
+    """
+    raw = read_config(path, model, section)
+    return validate({**raw, **(overrides or {})}, model, source=str(path))
+
+
+def read_config(
+    path: str | Path, model: type[BaseModel], section: str | None = None
+) -> dict[str, Any]:
+    """The mapping a config file holds for ``model`` (or its ``section``), with the file's
+    relative paths rebased onto its folder, not yet validated (callers merge flags into it)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    if section is not None:
+        part = raw.get(section)
+        if not isinstance(part, dict):
+            have = ", ".join(sorted(raw)) or "none"
+            raise InputError(f"config {path} has no '{section}:' section (sections: {have})")
+        raw = part
+    return _rebase(raw, model, path.parent)
+
+
+def validate(raw: dict[str, Any], model: type[M], source: str) -> M:
     """Validate a mapping into ``model``; errors name the source, the key and what is wrong."""
     try:
-        cfg = model.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -111,35 +183,63 @@ def validate(raw: dict[str, Any], model: type[M], source: str, base: Path | None
                 f"{source}: unknown key '{where}'; allowed keys here: {', '.join(allowed)}"
             ) from None
         raise InputError(f"{source}: {where}: {err['msg']} (got {err.get('input')!r})") from None
-    return _rebase(cfg, base) if base is not None else cfg
+
+
+def _submodel(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    field = model.model_fields.get(key)
+    if field is None:
+        return None
+    ann = field.annotation
+    return next(
+        (
+            a
+            for a in getattr(ann, "__args__", (ann,))
+            if isinstance(a, type) and issubclass(a, BaseModel)
+        ),
+        None,
+    )
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            break
-        ann = field.annotation
-        sub = next(
-            (
-                a
-                for a in getattr(ann, "__args__", (ann,))
-                if isinstance(a, type) and issubclass(a, BaseModel)
-            ),
-            None,
-        )
+        sub = _submodel(model, str(part))
         if sub is None:
             break
         model = sub
     return sorted(model.model_fields)
 
 
-def _rebase(cfg: M, base: Path) -> M:
-    """Make relative Path fields relative to the config file's folder."""
-    updates: dict[str, Any] = {}
-    for name, value in cfg:
-        if isinstance(value, BaseModel):
-            updates[name] = _rebase(value, base)
-        elif isinstance(value, Path) and not value.is_absolute():
-            updates[name] = base / value
-    return cfg.model_copy(update=updates) if updates else cfg
+def _is_path(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    ann = field.annotation if field is not None else None
+    return ann is Path or Path in getattr(ann, "__args__", ())
+
+
+def _rebase(raw: dict[str, Any], model: type[BaseModel], base: Path) -> dict[str, Any]:
+    """Make the file's relative path values relative to the file's folder (before validation,
+    so values given on the command line are never rebased)."""
+    out = dict(raw)
+    for key, value in raw.items():
+        sub = _submodel(model, key)
+        if sub is not None and isinstance(value, dict):
+            out[key] = _rebase(value, sub, base)
+        elif _is_path(model, key) and isinstance(value, str) and not Path(value).is_absolute():
+            out[key] = str(base / value)
+    return out
+
+
+def settings(config: Any, model: type[M], kwargs: dict[str, Any], caller: str) -> M:
+    """The ``model`` a Python API call asks for: a config object, or keyword settings.
+
+    >>> settings(None, SearchSettings, {"k": 5}, "Searcher").k
+    5
+    """
+    if config is not None and kwargs:
+        raise InputError(f"{caller}: pass either a config object or keyword settings, not both")
+    if config is None:
+        return validate(kwargs, model, source=f"{caller}()")
+    if not isinstance(config, model):
+        raise InputError(
+            f"{caller}: config must be a {model.__name__}, got {type(config).__name__}"
+        )
+    return config

@@ -107,7 +107,7 @@ class Pipeline:
         stream: Iterable[pa.RecordBatch] = ()
         rows: int | None = None
         fingerprint = ""
-        for i, stage in enumerate(self.stages):
+        for stage in self.stages:
             if isinstance(stage, Source):
                 fingerprint = stage.fingerprint(stage.fingerprint_source())
             else:
@@ -116,10 +116,18 @@ class Pipeline:
             if not stage.materialize:
                 stream = stage(stream)
                 continue
-            folder = work_dir / f"{i + 1:02d}-{stage.name}"
+            folder = self.folder(work_dir, stage)
             rows = _complete(stage, stream, folder, fingerprint)
             stream = read_parts(folder)
         return iter(stream)
+
+    def folder(self, work_dir: Path, stage: Stage) -> Path:
+        """Where a batch job in ``work_dir`` keeps ``stage``'s shards (``NN-name``)."""
+        return work_dir / f"{self.stages.index(stage) + 1:02d}-{stage.name}"
+
+    def rows(self, work_dir: Path, stage: Stage) -> int | None:
+        """Rows ``stage`` wrote in the batch job in ``work_dir`` (None until it completed)."""
+        return stage_rows(self.folder(work_dir, stage))
 
 
 def with_progress(

@@ -76,7 +76,7 @@ def sample_home(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -
 
 @pytest.fixture
 def sample_index(sample_home: Path, monkeypatch: pytest.MonkeyPatch):
-    from searchpipe.index import Index
+    from searchpipe.index.store import Index
 
     monkeypatch.setenv("SEARCHPIPE_HOME", str(sample_home))
     return Index.open("sample")

@@ -86,7 +86,14 @@ def test_run_config(home: Path, runner: CliRunner) -> None:
     result = invoke(runner, "run", home / "demo.yaml", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert out["index"]["docs"] == 300 and out["eval"]["ndcg@10"] > 0.8
+    # hybrid over 100 candidates per retriever, cut to 10
+    assert out["index"]["docs"] == 300 and out["eval"]["ndcg@10"] > 0.75
+    # fusing two top-10 lists (candidates = k) is what the job did before candidates existed
+    (home / "shallow.yaml").write_text(
+        text.replace("  k: 10", "  k: 10\n  candidates: 10").replace("sample-run", "shallow-run")
+    )
+    shallow = json.loads(invoke(runner, "run", home / "shallow.yaml", "--json").stdout)
+    assert shallow["eval"]["ndcg@10"] == pytest.approx(0.8042, abs=5e-5)
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from searchpipe import columns as C
+from searchpipe.api.update import add_documents, delete_documents
 from searchpipe.errors import InputError, RunError
-from searchpipe.index import (
+from searchpipe.index.store import (
     MANIFEST,
     VECTORS_FILE,
     Index,
@@ -40,7 +41,6 @@ from searchpipe.index import (
     manifest_digest,
     read_manifest,
 )
-from searchpipe.update import add_documents, delete_documents
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,14 +225,14 @@ def apply_ops(
                 tmp_path / f"ops-{step}.jsonl", *map(list, zip(*rows, strict=True))
             )
             if step == 0:
+                from searchpipe.index.bm25 import BuildBM25
                 from searchpipe.pipeline import Pipeline
-                from searchpipe.stages.bm25 import bm25_hook
                 from searchpipe.stages.build import BuildIndex
                 from searchpipe.stages.embed import Embed
                 from searchpipe.stages.ingest import Ingest
 
                 build = BuildIndex(tmp_path / "ix", "Flat", encoder.identity(), {}, len(rows))
-                build.hooks.append(bm25_hook)
+                build.hooks.append(BuildBM25())
                 stream = Pipeline([Ingest(corpus), Embed(encoder)]).stream()
                 for _ in build(stream):
                     pass
@@ -325,7 +325,7 @@ def test_id_mapping_with_minilm_10k(tmp_path: Path, encoder: Any) -> None:
 
 def cli() -> Any:
     from searchpipe.cli import _Group
-    from searchpipe.cli_index import COMMANDS
+    from searchpipe.cli.index import COMMANDS
 
     return _Group(name="searchpipe", commands={c.name: c for c in COMMANDS})
 
@@ -401,7 +401,7 @@ def test_manifest_paths_cannot_escape_the_index(tmp_path: Path, changes: dict[st
     with pytest.raises(RunError, match="corrupt"):
         Index.open("ix", tmp_path)
     with pytest.raises(RunError):
-        from searchpipe.index import check_index
+        from searchpipe.index.store import check_index
 
         check_index("ix", tmp_path)
 

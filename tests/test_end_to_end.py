@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from searchpipe.api import build_index, search
-from searchpipe.evaluate import evaluate
+from searchpipe.eval.metrics import evaluate
 
 
 def test_sample_corpus_quality_is_pinned(

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from click.testing import CliRunner  # noqa: E402
 from transformers import AutoModel, BertModel  # noqa: E402
 
-from searchpipe.cli_encoder import export_cmd  # noqa: E402
+from searchpipe.cli.encoder import export_cmd  # noqa: E402
 from searchpipe.models.bert_io import export, load_encoder, load_model, save_hf  # noqa: E402
 from searchpipe.models.encoder import (  # noqa: E402
     EncoderConfig,

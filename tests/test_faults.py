@@ -21,9 +21,9 @@ import pytest
 from click.testing import CliRunner
 from fault_helpers.fakes import HashEncoder, build_fake, text_vectors, words_text, write_jsonl
 
+from searchpipe.api.update import add_documents, delete_documents
 from searchpipe.errors import SearchpipeError
-from searchpipe.index import MANIFEST, Index, rows_to_doc_ids, verify
-from searchpipe.update import add_documents, delete_documents
+from searchpipe.index.store import MANIFEST, Index, rows_to_doc_ids, verify
 
 HELPERS = Path(__file__).parent / "fault_helpers"
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_kill_9_during_writes_many_points(tmp_path: Path, op: str) -> None:
 
 def check_group() -> Any:
     from searchpipe.cli import _Group
-    from searchpipe.cli_index import COMMANDS
+    from searchpipe.cli.index import COMMANDS
 
     return _Group(name="searchpipe", commands={c.name: c for c in COMMANDS})
 

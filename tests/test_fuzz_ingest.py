@@ -280,8 +280,8 @@ def test_errors_name_the_right_line(
 def test_nan_or_wrong_dimension_vectors_are_refused_by_doc(tmp_path: Path, bad: str) -> None:
     from fault_helpers.fakes import DIM, ENCODER
 
+    from searchpipe.arrow import vectors_to_arrow
     from searchpipe.stages.build import BuildIndex
-    from searchpipe.stages.embed import vectors_to_arrow
 
     CASES["NaN / wrong-dimension vectors"] += 1
     vectors = np.ones((3, DIM + (bad == "dim")), np.float32)

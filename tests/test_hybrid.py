@@ -10,8 +10,9 @@ import pyarrow as pa
 import pytest
 
 from searchpipe import columns as C
-from searchpipe.stages.bm25 import BM25Index, RetrieveBM25
+from searchpipe.index.bm25 import BM25Index
 from searchpipe.stages.fuse import Fuse, fuse_hits
+from searchpipe.stages.retrieve import RetrieveBM25
 
 
 def hits(qids: list[str], rows: list[int], scores: list[float]) -> pa.RecordBatch:

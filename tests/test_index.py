@@ -10,11 +10,13 @@ import pyarrow as pa
 import pytest
 
 from searchpipe import columns as C
-from searchpipe.ann import choose_factory, exact_topk, recall_at_k, sample_queries, tune
+from searchpipe.arrow import vectors_to_arrow
 from searchpipe.errors import InputError
-from searchpipe.index import Index, IndexWriter, verify
-from searchpipe.stages.build import BuildIndex, make_faiss_index
-from searchpipe.stages.embed import vectors_to_arrow
+from searchpipe.index.ann import exact_topk, recall_at_k, sample_queries
+from searchpipe.index.ann import tune_search_params as tune
+from searchpipe.index.faiss import choose_factory, make_faiss_index
+from searchpipe.index.store import Index, IndexWriter, verify
+from searchpipe.stages.build import BuildIndex
 
 DIM = 32
 
@@ -84,18 +86,11 @@ def test_flat_index_equals_exact_search(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF32,Flat", "IVF32,SQ8"])
 def test_approximate_indexes_are_tuned_to_target_recall(tmp_path: Path, factory: str) -> None:
-    from searchpipe.ann import tune_hook
+    from searchpipe.index.ann import TuneSearchParams
 
     vectors, batches = random_docs(4000)
-    # the tune hook reads embeddings back from a stage folder, as a batch job leaves them
-    folder = tmp_path / "02-embed"
-    folder.mkdir()
-    import pyarrow.ipc as ipc
-
-    for i, b in enumerate(batches):
-        with ipc.new_file(str(folder / f"part-{i:05d}.arrow"), b.schema) as w:
-            w.write_batch(b)
-    index = build(tmp_path / factory.replace(",", "_"), factory, batches, [tune_hook(folder, 0.9)])
+    # the hook reads the staged version's own vectors.arrow and doc store
+    index = build(tmp_path / factory.replace(",", "_"), factory, batches, [TuneSearchParams(0.9)])
     ann = index.manifest["ann"]
     assert ann["recall@10"] >= 0.9 and ann["params"]
     queries = sample_queries(vectors, 200, seed=7)  # fresh queries: the setting generalises

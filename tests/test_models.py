@@ -77,12 +77,13 @@ def test_bf16_embeddings_keep_cosine(encoder: BiEncoder) -> None:
     assert cosine.min() > 0.999
 
 
-def test_precision_falls_back_to_fp32_without_bf16(
+def test_precision_auto_falls_back_to_fp32_and_explicit_bf16_is_refused_without_bf16(
     monkeypatch: pytest.MonkeyPatch, encoder: BiEncoder
 ) -> None:
     monkeypatch.setattr(precision_mod, "bf16_supported", lambda device="cpu": False)
     assert precision_mod.resolve_precision("auto") == "fp32"
-    assert precision_mod.resolve_precision("bf16") == "fp32"
+    with pytest.raises(InputError, match="bf16 is not supported"):
+        precision_mod.resolve_precision("bf16")
     assert BiEncoder(encoder.ref, precision="auto").precision == "fp32"
     with pytest.raises(InputError, match="not one of"):
         precision_mod.resolve_precision("int4")

@@ -10,9 +10,10 @@ import pyarrow as pa
 import pytest
 
 from searchpipe import columns as C
+from searchpipe.arrow import append_column
 from searchpipe.errors import InputError
 from searchpipe.pipeline import Pipeline, read_parts
-from searchpipe.stages.base import Stage, append_column
+from searchpipe.stages.base import Stage
 from searchpipe.stages.embed import Embed
 from searchpipe.stages.ingest import Ingest
 from searchpipe.stages.rerank import Rerank

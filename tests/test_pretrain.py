@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from searchpipe.config import validate  # noqa: E402
 from searchpipe.errors import InputError  # noqa: E402
 from searchpipe.models.tokenizer import Corpus, load_tokenizer, train_tokenizer  # noqa: E402
-from searchpipe.pretrain import Position, PretrainConfig, PretrainData, pretrain  # noqa: E402
+from searchpipe.training.pretrain import Position, PretrainConfig, PretrainData, pretrain  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -286,7 +286,7 @@ def test_cli_tokenizer_train_and_pretrain_from_yaml(corpus_and_tokenizer, tmp_pa
     import yaml
     from click.testing import CliRunner
 
-    from searchpipe.cli_encoder import pretrain_cmd, tokenizer_group
+    from searchpipe.cli.encoder import pretrain_cmd, tokenizer_group
 
     corpus, _ = corpus_and_tokenizer
     runner = CliRunner()

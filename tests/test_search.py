@@ -13,11 +13,12 @@ from sentence_transformers import CrossEncoder
 
 from searchpipe import columns as C
 from searchpipe.api import Searcher, search
-from searchpipe.evaluate import evaluate, read_qrels, read_run
+from searchpipe.eval.metrics import evaluate
+from searchpipe.eval.runs import read_qrels, read_run, run_scores
 from searchpipe.models.crossencoder import CrossEncoderScorer
 from searchpipe.stages.ingest import read_queries
 from searchpipe.stages.rerank import Rerank
-from searchpipe.stages.write import Write, run_scores
+from searchpipe.stages.write import Write
 
 
 def test_retrieve_equals_brute_force_over_the_doc_store(sample_index, encoder) -> None:
@@ -127,7 +128,7 @@ def test_qrels_formats(tmp_path: Path) -> None:
 
 def test_top_level_api_names_import() -> None:
     import searchpipe
-    import searchpipe.evaluate as ev
+    import searchpipe.eval.metrics as ev
 
     assert (
         callable(ev.evaluate) and callable(searchpipe.build_index) and callable(searchpipe.Searcher)

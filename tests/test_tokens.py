@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from click.testing import CliRunner  # noqa: E402
 
-from searchpipe.cli_encoder import tokens_cmd  # noqa: E402
+from searchpipe.cli.encoder import tokens_cmd  # noqa: E402
 from searchpipe.errors import InputError  # noqa: E402
 from searchpipe.models.contextual import load_for_tokens, word_vectors  # noqa: E402
 

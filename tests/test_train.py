@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 
 from searchpipe import columns as C
-from searchpipe.compare import compare_runs, format_comparison
 from searchpipe.errors import InputError
+from searchpipe.eval.compare import compare_runs, format_comparison
 from searchpipe.training.train import (
     TEACHER_SCORE,
     EmbedderTrainConfig,
@@ -71,7 +71,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def no_test_qrels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every qrels file opened; a test asserts no test split is among them."""
-    import searchpipe.evaluate as ev
+    import searchpipe.eval.runs as ev
 
     opened: list[str] = []
     real = ev.read_qrels
@@ -204,13 +204,13 @@ def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Pat
 
 def test_tune_writes_a_valid_search_config(tiny, tmp_path: Path) -> None:
     from searchpipe.config import JobConfig, SearchConfig, load_config  # noqa: F401
-    from searchpipe.index import Index
-    from searchpipe.training.tune import format_table, tune, write_config
+    from searchpipe.index.store import Index
+    from searchpipe.training.sweep import format_table, sweep, write_config
 
     data, root = tiny
     qrels = tmp_path / "dev.tsv"
     qrels.write_text("query-id\tcorpus-id\tscore\nq00\td001\t1\nq01\td002\t1\n")
-    result = tune(
+    result = sweep(
         Index.open("tiny", root / "indexes"), data / "queries.jsonl", qrels, k=10,
         rrf_ks=(30, 60), weights=((1.0, 1.0), (1.0, 0.5)),
     )  # fmt: skip
@@ -248,10 +248,7 @@ def test_cli_train_refuses_test_split_and_unknown_keys(tiny, tmp_path: Path) -> 
     from click.testing import CliRunner
 
     from searchpipe.cli import main
-    from searchpipe.cli_train import train, tune
 
-    main.add_command(train)
-    main.add_command(tune)
     data, _ = tiny
     runner = CliRunner()
     result = runner.invoke(

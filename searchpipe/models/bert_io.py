@@ -109,7 +109,7 @@ def config_to_hf(config: EncoderConfig) -> dict[str, Any]:
 
 _QKV = ("query", "key", "value")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
-_LAYER_PARTS = {  # HF name inside layer i -> ours (see encoder.HF_NAMES)
+_LAYER_PARTS = {  # HF name inside layer i -> ours; query/key/value concatenate into qkv
     "attention.output.dense": "attention.dense",
     "attention.output.LayerNorm": "attention_norm",
     "intermediate.dense": "feed_forward.intermediate",

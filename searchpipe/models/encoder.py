@@ -3,7 +3,7 @@
 Order follows the architecture: config -> embeddings -> self-attention -> feed-forward ->
 block -> encoder stack (+ pooler) -> heads (MLM, NSP, sequence classification) -> the
 pretraining wrapper. Parts carry BERT's names so Hugging Face weights map onto ours with the
-short table ``HF_NAMES`` at the bottom (used by ``bert_io``). Differences from
+short name table in ``bert_io``. Differences from
 ``transformers.BertModel`` are engineering only, and the outputs match it:
 
 - one fused query/key/value projection (``qkv``) instead of three (one GEMM instead of
@@ -357,26 +357,3 @@ class SequenceClassifier(nn.Module):
     ) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, D)
         return self.classifier(self.dropout(self.encoder.pool(hidden)))  # (B, num_labels)
-
-
-# Hugging Face BERT name -> our name, by prefix ("{i}" is a layer number). Query, key and value
-# are three matrices there and one here: ours = cat(query, key, value) along the output rows.
-HF_NAMES: dict[str, str] = {
-    "embeddings.word_embeddings": "embeddings.word_embeddings",
-    "embeddings.position_embeddings": "embeddings.position_embeddings",
-    "embeddings.token_type_embeddings": "embeddings.token_type_embeddings",
-    "embeddings.LayerNorm": "embeddings.LayerNorm",
-    "encoder.layer.{i}.attention.self.{query,key,value}": "layers.{i}.attention.qkv",
-    "encoder.layer.{i}.attention.output.dense": "layers.{i}.attention.dense",
-    "encoder.layer.{i}.attention.output.LayerNorm": "layers.{i}.attention_norm",
-    "encoder.layer.{i}.intermediate.dense": "layers.{i}.feed_forward.intermediate",
-    "encoder.layer.{i}.output.dense": "layers.{i}.feed_forward.output",
-    "encoder.layer.{i}.output.LayerNorm": "layers.{i}.output_norm",
-    "pooler.dense": "pooler.dense",
-    # heads, outside the encoder (HF: 'cls.' / 'classifier.'; ours: the wrapper's attributes)
-    "cls.predictions.transform.dense": "mlm.transform.dense",
-    "cls.predictions.transform.LayerNorm": "mlm.transform.LayerNorm",
-    "cls.predictions.bias": "mlm.bias",
-    "cls.seq_relationship": "nsp.seq_relationship",
-    "classifier": "classifier",
-}

@@ -33,9 +33,23 @@ def compute_dtype(precision: str) -> torch.dtype:
 
 
 def resolve_precision(precision: str, device: str = "cpu") -> str:
-    """``auto`` becomes ``bf16`` when supported, else ``fp32``; an explicit bf16 falls back too."""
+    """``auto`` becomes ``bf16`` where the hardware runs it natively, else ``fp32``.
+
+    An explicit ``bf16`` on hardware without it is refused rather than quietly run in fp32, so
+    a setting the user asked for is never ignored.
+
+    >>> resolve_precision("fp32")
+    'fp32'
+    """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return "fp32"
-    return "bf16" if bf16_supported(device) else "fp32"
+    if bf16_supported(device):
+        return "bf16"
+    if precision == "bf16":
+        raise InputError(
+            f"precision bf16 is not supported on this {device} (it needs AVX512-BF16 or AMX on "
+            "a CPU); use precision auto or fp32"
+        )
+    return "fp32"

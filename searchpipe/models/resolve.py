@@ -10,13 +10,13 @@ A MODEL is one of:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from searchpipe.errors import InputError, RunError
+from searchpipe.files import sha256_file
 
 MINILM = "minilm"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -30,14 +30,6 @@ class ModelRef:
     name: str
     path: Path
     weights_sha256: str
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def weights_file(folder: Path) -> Path:

@@ -77,11 +77,3 @@ class Source(Stage):
 
     def read(self) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
-
-
-def append_column(batch: pa.RecordBatch, name: str, values: pa.Array) -> pa.RecordBatch:
-    """A new batch with ``name`` added (or replaced); the input batch is left as it was."""
-    if name in batch.schema.names:
-        i = batch.schema.get_field_index(name)
-        return batch.set_column(i, name, values)
-    return batch.append_column(name, values)

@@ -5,14 +5,11 @@ added to FAISS as they arrive, so memory holds one batch (plus a training sample
 IVF/PQ factories, which must be trained before vectors are added).
 
 Beside the doc store, ``vectors.arrow`` keeps each row's content sha256 and its embedding, so
-``searchpipe.update`` can add and delete documents later without embedding old ones again.
+``searchpipe.api.update`` can add and delete documents later without embedding old ones again.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,80 +19,19 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
+from searchpipe.arrow import arrow_to_vectors, vectors_to_arrow
 from searchpipe.errors import InputError, RunError
-from searchpipe.index import DOCS_FILE, FAISS_FILE, VECTORS_FILE, IndexWriter
-from searchpipe.stages.base import Stage
-from searchpipe.stages.embed import arrow_to_vectors, vectors_to_arrow
-
-DOC_STORE_SCHEMA = pa.schema(
-    [
-        (C.DOC_ID, pa.string()),
-        (C.TITLE, pa.string()),
-        (C.TEXT, pa.string()),
-        (C.METADATA, pa.string()),
-    ]
+from searchpipe.index.faiss import check_vectors, make_faiss_index, train, train_size
+from searchpipe.index.layout import (
+    DOC_STORE_SCHEMA,
+    DOCS_FILE,
+    FAISS_FILE,
+    VECTORS_FILE,
+    content_sha256,
+    vectors_schema,
 )
-CONTENT_SHA256 = "content_sha256"
-
-
-def vectors_schema(dim: int) -> pa.Schema:
-    return pa.schema([(CONTENT_SHA256, pa.string()), (C.EMBEDDING, pa.list_(pa.float32(), dim))])
-
-
-def content_sha256(batch: pa.RecordBatch | pa.Table) -> pa.Array:
-    """Per row, the sha256 of what the doc store keeps of it (title, text, metadata).
-
-    >>> b = pa.record_batch({"title": ["t"], "text": ["x"], "metadata": pa.array([None], pa.string())})
-    >>> len(content_sha256(b)[0].as_py())
-    64
-    """
-    cols = [batch.column(n).to_pylist() for n in (C.TITLE, C.TEXT, C.METADATA)]
-    return pa.array(
-        [
-            hashlib.sha256(json.dumps(row, ensure_ascii=False).encode()).hexdigest()
-            for row in zip(*cols, strict=True)
-        ],
-        pa.string(),
-    )
-
-
-def check_vectors(vectors: np.ndarray, dim: int, doc_ids: pa.Array) -> None:
-    """Refuse embeddings of the wrong dimension or with NaN/inf, naming the first bad doc."""
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise InputError(
-            f"embeddings have dimension {vectors.shape[1] if vectors.ndim == 2 else vectors.shape} "
-            f"but the index expects {dim}"
-        )
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise InputError(
-            f"embedding of doc {doc_ids[bad].as_py()!r} (row {bad + 1} of its batch) has NaN or "
-            "infinite values"
-        )
-
-
-FACTORY_EXAMPLES = "Flat, HNSW32, IVF256,Flat, IVF256,PQ16, HNSW32,SQ8, PQ32, auto"
-
-
-def make_faiss_index(factory: str, dim: int) -> Any:
-    """A FAISS index for inner product over normalised vectors, from a factory string."""
-    import faiss
-
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        reason = str(e).strip().splitlines()[-1][:160]
-        raise InputError(
-            f"--index-type {factory!r} is not a FAISS factory string for {dim}-d vectors ({reason}); "
-            f"examples: {FACTORY_EXAMPLES}"
-        ) from None
-
-
-def train_size(factory: str, n_docs: int) -> int:
-    """How many vectors to train an IVF/PQ index on (faiss wants ~39+ points per centroid)."""
-    nlist = max((int(m) for m in re.findall(r"IVF(\d+)", factory)), default=0)
-    return min(n_docs, max(256 * 39, 64 * nlist, 10_000))
+from searchpipe.index.store import BuildHook, IndexWriter
+from searchpipe.stages.base import Stage
 
 
 class BuildIndex(Stage):
@@ -118,6 +54,7 @@ class BuildIndex(Stage):
         n_docs: int,
         precision: str = "fp32",
         writer: IndexWriter | None = None,
+        hooks: Iterable[BuildHook] = (),
     ) -> None:
         self.root = root
         #: an IndexWriter the caller already holds (read-modify-write under one lock)
@@ -128,8 +65,8 @@ class BuildIndex(Stage):
         self.n_docs = n_docs
         self.precision = precision
         self.result: dict[str, Any] | None = None
-        #: called as hook(writer, faiss_index) before commit; each returns manifest fields to add
-        self.hooks: list[Any] = []
+        #: run on the staged version before commit (BM25, ANN tuning); each adds manifest fields
+        self.hooks: list[BuildHook] = list(hooks)
 
     def settings(self) -> dict[str, Any]:
         return {"factory": self.factory, "encoder": self.encoder}
@@ -172,7 +109,7 @@ class BuildIndex(Stage):
                         pending.append(vectors.copy())
                         pending_n += len(vectors)
                         if pending_n >= wanted:
-                            self._train(index, pending)
+                            train(index, self.factory, np.concatenate(pending))
                             need_training = False
                             for v in pending:
                                 index.add(v)
@@ -183,7 +120,7 @@ class BuildIndex(Stage):
                 if need_training:
                     if pending_n == 0:
                         raise InputError("nothing to index: the corpus is empty")
-                    self._train(index, pending)
+                    train(index, self.factory, np.concatenate(pending))
                     for v in pending:
                         index.add(v)
             extra: dict[str, Any] = {}
@@ -208,14 +145,3 @@ class BuildIndex(Stage):
                 **extra,
             }
             self.result = writer.commit(fields)
-
-    def _train(self, index: Any, pending: list[np.ndarray]) -> None:
-        sample = np.concatenate(pending)
-        try:
-            index.train(sample)
-        except RuntimeError as e:
-            reason = str(e).strip().splitlines()[-1][:160]
-            raise InputError(
-                f"--index-type {self.factory!r} could not be trained on {len(sample)} vectors ({reason}); "
-                "use fewer IVF lists or a Flat/HNSW index for a corpus this size"
-            ) from None

@@ -5,37 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from searchpipe import columns as C
+from searchpipe.arrow import append_column, joined_text, vectors_to_arrow
 from searchpipe.models.biencoder import BiEncoder
-from searchpipe.stages.base import Stage, append_column
-
-
-def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:
-    """(n, d) float32 → fixed_size_list<float32>[d] without copying."""
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-
-
-def arrow_to_vectors(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """fixed_size_list<float32>[d] → (n, d) float32 view (no copy for a single chunk)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    d = column.type.list_size
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    return values.reshape(-1, d)
-
-
-def joined_text(batch: pa.RecordBatch, fields: tuple[str, ...]) -> list[str]:
-    """The text a model sees: the named columns joined by a space (empty parts skipped)."""
-    if len(fields) == 1:
-        return batch.column(fields[0]).to_pylist()
-    cols = [pc.fill_null(batch.column(f), "") for f in fields]
-    joined = pc.binary_join_element_wise(*cols, " ")
-    return pc.utf8_trim_whitespace(joined).to_pylist()
+from searchpipe.stages.base import Stage
 
 
 class Embed(Stage):

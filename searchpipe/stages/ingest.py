@@ -13,7 +13,6 @@ row) and the fix. Memory holds one batch plus the set of ids seen.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
+from searchpipe.files import sha256_file
 from searchpipe.stages.base import Source
 
 ID_KEYS = ("_id", "doc_id", "id", "docid")
@@ -80,14 +80,6 @@ def detect_format(path: Path) -> str:
             ".jsonl, .csv, .tsv, .parquet, .arrow"
         )
     return table[ext]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class _RowChecker:
@@ -301,7 +293,7 @@ class Ingest(Source):
 
     def fingerprint_source(self) -> str:
         if self._sha256 is None:
-            self._sha256 = file_sha256(self.path)
+            self._sha256 = sha256_file(self.path)
         return self._sha256
 
     def records(self) -> Iterator[tuple[Any, str]]:

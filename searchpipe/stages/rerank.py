@@ -1,7 +1,10 @@
 """Rerank: score the top ``depth`` hits of each query with a cross-encoder and re-rank them.
 
 Adds ``rerank_score`` (null below the depth) and ``first_stage_rank``; ``rank`` becomes the new
-order: reranked hits first by cross-encoder score, then the rest in their first-stage order.
+order: reranked hits first, then the rest in their first-stage order. The reranked head is
+ordered by cross-encoder score, or with ``blend`` > 0 by reciprocal-rank fusion of both
+opinions, ``1/(60 + rerank rank) + blend/(60 + first-stage rank)``: a small reranker trained
+on little data is noisy, and the fused order averages two different errors.
 All pairs of a record batch (many queries) are scored together, so the cross-encoder sees
 full, length-sorted batches across queries.
 """
@@ -17,15 +20,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from searchpipe import columns as C
+from searchpipe.arrow import append_column, joined_text
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.models.crossencoder import CrossEncoderScorer
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import resolve_model
-from searchpipe.stages.base import Stage, append_column
-from searchpipe.stages.embed import joined_text
+from searchpipe.stages.base import Stage
 
 log = logging.getLogger(__name__)
+BLEND_RRF_K = 60
+
+
+def blended(rerank_rank: np.ndarray, first_rank: np.ndarray, blend: float) -> np.ndarray:
+    """Fused score of reranked hits from their two ranks (higher is better).
+
+    >>> blended(np.array([1, 2]), np.array([2, 1]), 1.0).round(5).tolist()
+    [0.03226, 0.03226]
+    """
+    return 1.0 / (BLEND_RRF_K + rerank_rank) + blend / (BLEND_RRF_K + first_rank)
 
 
 def query_groups(query_ids: pa.Array) -> np.ndarray:
@@ -54,7 +67,10 @@ class Rerank(Stage):
         precision: str = "auto",
         token_budget: int = 16384,
         max_length: int | None = None,
+        blend: float = 0.0,
     ) -> None:
+        if blend < 0:
+            raise InputError(f"rerank blend must be >= 0, got {blend}")
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.scorer = model if isinstance(model, CrossEncoderScorer) else None
         self.index = index
@@ -62,6 +78,7 @@ class Rerank(Stage):
         self.precision = precision
         self.token_budget = token_budget
         self.max_length = max_length
+        self.blend = blend
         self.pairs = 0
 
     def open(self) -> None:
@@ -82,6 +99,7 @@ class Rerank(Stage):
             "depth": self.depth,
             "precision": resolve_precision(self.precision),
             "max_length": self.max_length,
+            "blend": self.blend,
         }
 
     @property
@@ -123,8 +141,16 @@ class Rerank(Stage):
         rerank[head] = scores
         groups = query_groups(batch.column(C.QUERY_ID))
         is_tail = ranks > self.depth
-        # within each query: reranked hits by descending score, then the tail by first-stage rank
-        key = np.where(is_tail, ranks.astype(np.float64), -rerank.astype(np.float64))
+        head_key = -rerank.astype(np.float64)
+        if self.blend > 0 and len(head):
+            # rank of each head hit by cross-encoder score within its query (ties: first stage)
+            by_score = np.lexsort((-scores, groups[head]))
+            g = groups[head][by_score]
+            rerank_rank = np.empty(len(head))
+            rerank_rank[by_score] = np.arange(len(head)) - np.searchsorted(g, g, side="left") + 1
+            head_key[head] = -blended(rerank_rank, ranks[head].astype(np.float64), self.blend)
+        # within each query: the reranked head by its key, then the tail by first-stage rank
+        key = np.where(is_tail, ranks.astype(np.float64), head_key)
         order = np.lexsort((key, is_tail, groups))
         new_groups = groups[order]
         group_start = np.searchsorted(new_groups, new_groups, side="left")

@@ -1,4 +1,9 @@
-"""Retrieve: query embeddings → top-k hits from a FAISS index, one row per (query, hit)."""
+"""Retrieve: the first stage, one row per (query, hit).
+
+``Retrieve`` searches the index's FAISS vectors with query embeddings; ``RetrieveBM25`` searches
+its BM25 index with the query text. Both give the same hit columns, so fusion, rerank and
+write take either.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
+from searchpipe.arrow import arrow_to_vectors
+from searchpipe.errors import InputError
 from searchpipe.index import Index
+from searchpipe.index.layout import BM25_DIR
 from searchpipe.stages.base import Stage
-from searchpipe.stages.embed import arrow_to_vectors
 from searchpipe.timing import timed
 
 HITS_SCHEMA = pa.schema(
@@ -80,3 +87,36 @@ class Retrieve(Stage):
         for batch in batches:
             scores, rows = self.search(batch)
             yield hits_batch(batch, scores, rows, self.index.docs)
+
+
+class RetrieveBM25(Retrieve):
+    """Lexical retrieval: the ``k`` best BM25 matches of each query's text.
+
+    Same output as dense ``Retrieve``; only the search differs.
+
+    >>> RetrieveBM25(index, k=100)  # doctest: +SKIP
+    """
+
+    name = "retrieve_bm25"
+    requires = (C.QUERY_ID, C.TEXT)
+
+    def __init__(self, index: Index, k: int = 100) -> None:
+        super().__init__(index, k)
+        if index.bm25 is None and not (index.version_dir / BM25_DIR).is_dir():
+            raise InputError(
+                f"index {index.name} has no BM25 index; rebuild it with BM25 on (the default), "
+                "or search with retriever 'dense'"
+            )
+        self.bm25 = index.bm25
+
+    def open(self) -> None:
+        # Index.open loads BM25 with the rest of its version, so a writer removing that
+        # version folder later cannot break a long-lived reader
+        if self.bm25 is None:
+            from searchpipe.index.bm25 import BM25Index
+
+            self.bm25 = BM25Index(self.index.version_dir / BM25_DIR)
+
+    def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+        self.open()
+        return self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)

@@ -12,53 +12,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
+from searchpipe.eval.runs import output_format, run_scores
 from searchpipe.stages.base import Stage
 
 RUN_TAG = "searchpipe"
-
-
-def output_format(path: Path) -> str:
-    ext = path.suffix.lower()
-    formats = {
-        ".arrow": "arrow",
-        ".ipc": "arrow",
-        ".feather": "arrow",
-        ".jsonl": "jsonl",
-        ".trec": "trec",
-        ".run": "trec",
-        ".txt": "trec",
-    }
-    if ext not in formats:
-        raise InputError(f"cannot tell the output format of {path}; use .arrow, .jsonl or .trec")
-    return formats[ext]
-
-
-def run_scores(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
-    """One score per row that orders each query's hits exactly as ``rank`` does.
-
-    For a reranked run, reranked hits keep their cross-encoder score and the hits below the
-    rerank depth get scores below the lowest reranked one, in first-stage order. Evaluation
-    and TREC output both use this, so a TREC file scores the same as the Arrow run.
-    """
-    if C.RERANK_SCORE not in batch.schema.names:
-        return batch.column(C.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
-    rerank = batch.column(C.RERANK_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
-    ranks = batch.column(C.RANK).to_numpy(zero_copy_only=False).astype(np.float64)
-    qids = batch.column(C.QUERY_ID).to_numpy(zero_copy_only=False)
-    scores = rerank.copy()
-    tail = np.isnan(rerank)
-    if tail.any():
-        _, group = np.unique(qids, return_inverse=True)
-        floor = np.full(group.max() + 1, np.inf)
-        np.minimum.at(floor, group[~tail], rerank[~tail])
-        floor[np.isinf(floor)] = 0.0
-        scores[tail] = floor[group[tail]] - ranks[tail] * 1e-3 - 1.0
-    return scores
 
 
 class Write(Stage):

@@ -116,7 +116,7 @@ def read_split(data: Path, split: str) -> tuple[pa.Table, dict[str, dict[str, in
     Only that one qrels file is opened; asking for ``test`` is refused, so no test judgement
     can reach training or tuning.
     """
-    from searchpipe.evaluate import read_qrels
+    from searchpipe.eval.runs import read_qrels
     from searchpipe.stages.ingest import read_queries
 
     if split == "test":
@@ -206,7 +206,7 @@ def hard_negatives(
 
 def doc_texts(index: Any, rows: Iterable[int]) -> dict[int, str]:
     """The text the models see for each doc row (title and text joined, as ``Embed`` does)."""
-    from searchpipe.stages.embed import joined_text
+    from searchpipe.arrow import joined_text
 
     rows = sorted(set(int(r) for r in rows))
     if not rows:
@@ -241,11 +241,12 @@ def write_dev_files(
 def mining_index(cfg: TrainConfig, work: Path, progress: bool | None) -> Any:
     """The hybrid index to mine from: ``cfg.index`` if given, else one built under ``work``."""
     from searchpipe.api import build_index, open_index
+    from searchpipe.files import sha256_file
     from searchpipe.stages.ingest import corpus_file
 
     if cfg.index is not None:
         index = open_index(cfg.index)
-        expected = hashlib.sha256(corpus_file(Path(cfg.data)).read_bytes()).hexdigest()
+        expected = sha256_file(corpus_file(Path(cfg.data)))
         if index.manifest.get("corpus", {}).get("sha256") not in (None, expected):
             raise InputError(
                 f"index {cfg.index} was built from another corpus than {cfg.data}; pass an index "

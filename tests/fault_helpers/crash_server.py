@@ -43,12 +43,12 @@ import pyarrow.pandas_compat  # noqa: E402, F401
 import Stemmer  # noqa: E402, F401
 import tqdm.std  # noqa: E402, F401
 
-import searchpipe.stages.bm25  # noqa: E402, F401
+import searchpipe.index.bm25  # noqa: E402, F401
 import searchpipe.stages.embed  # noqa: E402, F401
 from fault_helpers.fakes import HashEncoder, build_fake, words_text, write_jsonl  # noqa: E402
 from searchpipe import columns as C  # noqa: E402
-from searchpipe.index import Index, check_index  # noqa: E402
-from searchpipe.update import add_documents, delete_documents  # noqa: E402
+from searchpipe.api.update import add_documents, delete_documents  # noqa: E402
+from searchpipe.index.store import Index, check_index  # noqa: E402
 
 N_BASE = 120
 CALLS = {

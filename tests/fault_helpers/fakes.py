@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
+from searchpipe.arrow import vectors_to_arrow
 from searchpipe.models.biencoder import BiEncoder
-from searchpipe.stages.embed import vectors_to_arrow
 
 DIM = 16
 ENCODER = {
@@ -79,9 +79,9 @@ def build_fake(
 
     stage = BuildIndex(root, factory, ENCODER, {"corpus": {"path": "x", "sha256": "y"}}, len(ids))
     if bm25:
-        from searchpipe.stages.bm25 import bm25_hook
+        from searchpipe.index.bm25 import BuildBM25
 
-        stage.hooks.append(bm25_hook)
+        stage.hooks.append(BuildBM25())
     batches = [doc_batch(ids[s : s + 64], texts[s : s + 64]) for s in range(0, len(ids), 64)]
     for _ in stage(iter(batches)):
         pass

@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from fault_helpers.fakes import HashEncoder, build_fake, words_text, write_jsonl  # noqa: E402
+from searchpipe.api.update import add_documents, delete_documents  # noqa: E402
 from searchpipe.errors import SearchpipeError  # noqa: E402
-from searchpipe.index import Index, verify  # noqa: E402
-from searchpipe.update import add_documents, delete_documents  # noqa: E402
+from searchpipe.index.store import Index, verify  # noqa: E402
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-import searchpipe.stages.bm25  # noqa: F401  (imported before "ready": the first query is not slow)
-from searchpipe.index import Index, rows_to_doc_ids
+import searchpipe.index.bm25  # noqa: F401  (imported before "ready": the first query is not slow)
+from searchpipe.index.store import Index, rows_to_doc_ids
 
 
 def answer(root: Path, vector: np.ndarray, text: str) -> dict:

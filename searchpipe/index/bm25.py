@@ -1,4 +1,4 @@
-"""BM25: a lexical index beside FAISS (bm25s), and the stage that retrieves from it.
+"""BM25: a lexical index beside FAISS (bm25s); ``RetrieveBM25`` in ``stages.retrieve`` searches it.
 
 Documents are ``title + text``, lower-cased, English stopwords removed, Snowball-stemmed
 (PyStemmer). The index is built from the doc store while a new index version is staged, so
@@ -11,17 +11,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
-from searchpipe.stages.embed import joined_text
-from searchpipe.stages.retrieve import Retrieve
+from searchpipe.arrow import joined_text
+from searchpipe.index.layout import BM25_DIR, DOCS_FILE
 from searchpipe.timing import timed
 
-BM25_DIR = "bm25"
+if TYPE_CHECKING:
+    from searchpipe.index.store import IndexWriter
+
 SETTINGS = {"stopwords": "en", "stemmer": "english", "k1": 1.5, "b": 0.75, "method": "lucene"}
 
 
@@ -54,16 +56,16 @@ def build_bm25(docs: Iterable[pa.RecordBatch], folder: Path) -> dict[str, Any]:
     return {"bm25": {**SETTINGS, "vocab": len(tokenizer.get_vocab_dict()), "docs": len(ids)}}
 
 
-def bm25_hook(writer: Any, index: Any) -> dict[str, Any]:
-    """A BuildIndex hook: build BM25 from the staged doc store, into the staged version."""
-    import pyarrow.ipc as ipc
+class BuildBM25:
+    """A build hook: build BM25 from the staged doc store, into the staged version."""
 
-    from searchpipe.index import DOCS_FILE
+    def __call__(self, writer: IndexWriter, faiss_index: Any) -> dict[str, Any]:
+        import pyarrow.ipc as ipc
 
-    with pa.memory_map(str(writer.path(DOCS_FILE))) as source:
-        reader = ipc.open_file(source)
-        batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        return build_bm25(batches, writer.path(BM25_DIR))
+        with pa.memory_map(str(writer.path(DOCS_FILE))) as source:
+            reader = ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+            return build_bm25(batches, writer.path(BM25_DIR))
 
 
 class BM25Index:
@@ -89,32 +91,3 @@ class BM25Index:
             )
         rows = np.where(scores > 0, rows, -1).astype(np.int64)
         return scores.astype(np.float32), rows
-
-
-class RetrieveBM25(Retrieve):
-    """Lexical retrieval: the ``k`` best BM25 matches of each query's text.
-
-    Same output as dense ``Retrieve``; only the search differs.
-
-    >>> RetrieveBM25(index, k=100)  # doctest: +SKIP
-    """
-
-    name = "retrieve_bm25"
-    requires = (C.QUERY_ID, C.TEXT)
-
-    def __init__(self, index: Any, k: int = 100) -> None:
-        from searchpipe.errors import InputError
-
-        super().__init__(index, k)
-        folder = index.version_dir / BM25_DIR
-        if index.bm25 is None and not folder.is_dir():
-            raise InputError(
-                f"index {index.name} has no BM25 index; rebuild it with BM25 on (the default), "
-                "or search with retriever 'dense'"
-            )
-        # Index.open loads BM25 with the rest of its version, so a writer removing that
-        # version folder later cannot break a long-lived reader
-        self.bm25 = index.bm25 if index.bm25 is not None else BM25Index(folder)
-
-    def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-        return self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from searchpipe.errors import InputError
-from searchpipe.evaluate import DEFAULT_METRICS, _ranx, read_qrels, read_run
+from searchpipe.eval.metrics import DEFAULT_METRICS, _ranx
+from searchpipe.eval.runs import read_qrels, read_run
 
 STAT_TESTS = ("student", "fisher")
 

@@ -3,18 +3,18 @@
 ``searchpipe train reranker|embedder --data BEIR_DIR --output DIR`` and
 ``searchpipe tune NAME --queries Q --qrels DEV_QRELS --output CONFIG.yaml``: thin wrappers over
 ``searchpipe.training``; torch, transformers and datasets load inside the commands so
-``searchpipe --help`` stays fast. Registered on the root group with ``main.add_command(train)``
-and ``main.add_command(tune)``.
+``searchpipe --help`` stays fast. ``tune`` writes a job file whose ``search:`` section
+``searchpipe search --config`` and ``searchpipe run`` apply as written, and a PNG of the sweep.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
+from searchpipe.cli.common import emit, given, index_dir_option
 from searchpipe.errors import InputError
 
 
@@ -50,23 +50,17 @@ def _common(f: Any) -> Any:
 
 
 def _config(model: type, config_file: Path | None, **flags: Any) -> Any:
-    from searchpipe.config import validate
+    """The trainer's settings: the YAML file (paths rebased onto its folder), flags on top;
+    the mining flags go into its ``mining:`` section."""
+    from searchpipe.config import read_config, validate
 
-    raw: dict[str, Any] = {}
-    if config_file is not None:
-        import yaml
-
-        if not config_file.is_file():
-            raise InputError(f"config {config_file} does not exist")
-        raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
-        if not isinstance(raw, dict):
-            raise InputError(f"config {config_file} must be a mapping of settings")
+    raw = read_config(config_file, model) if config_file is not None else {}
     mining = dict(raw.pop("mining", None) or {})
     for key in ("negatives", "depth", "margin"):
         if flags.get(key) is not None:
             mining[key] = flags[key]
         flags.pop(key, None)
-    raw.update({k: v for k, v in flags.items() if v is not None})
+    raw.update(given(flags))
     if mining:
         raw["mining"] = mining
     return validate(raw, model, source=str(config_file or "train options"))
@@ -74,7 +68,7 @@ def _config(model: type, config_file: Path | None, **flags: Any) -> Any:
 
 def _report(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
+        emit(summary)
         return
     best = summary["dev_best"]
     click.echo(
@@ -131,53 +125,62 @@ def embedder_cmd(config_file: Path | None, as_json: bool, **flags: Any) -> None:
 @click.option("--depths", default="20,50,100", show_default=True, help="Rerank depths to try.")
 @click.option("--rrf-ks", default="10,30,60,100", show_default=True, help="RRF constants to try.")
 @click.option(
+    "--blends",
+    default="0,0.5,1,2",
+    show_default=True,
+    help="Rerank blends to try: weight of the first-stage rank in the reranked order.",
+)
+@click.option(
+    "-k", "--candidates", "k", type=int, default=100, show_default=True,
+    help="Candidates per retriever the sweep evaluates (the written config's candidates).",
+)  # fmt: skip
+@click.option(
     "--max-ms", type=float, default=None, help="Only choose settings within this ms/query."
 )
 @click.option(
     "--output",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="YAML config to write (a search: section).",
+    help="YAML config to write (a search: section); the plot goes beside it as .png.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print every row and the choice as JSON.")
-@click.option("--index-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@index_dir_option
 def tune(
     name: str, queries: Path, qrels: Path, rerank: str | None, depths: str, rrf_ks: str,
-    blends: str, max_ms: float | None, output: Path, as_json: bool, index_dir: Path | None,
+    blends: str, k: int, max_ms: float | None, output: Path, as_json: bool,
+    index_dir: Path | None,
 ) -> None:  # fmt: skip
-    """Sweep fusion, its weights and RRF k, and rerank depth on dev QRELS; write the best."""
-    from searchpipe.training.tune import blend_supported, format_table, write_config
-    from searchpipe.training.tune import tune as run_tune
+    """Sweep fusion, its weights and RRF k, rerank depth and blend on dev QRELS; write the best.
 
-    def ints(text: str, what: str) -> tuple[int, ...]:
+    The written file runs as it is: searchpipe search --config FILE (or searchpipe run FILE).
+    """
+    from searchpipe.training.sweep import format_table, plot, sweep, write_config
+
+    def numbers(text: str, what: str, kind: type, low: float) -> tuple[Any, ...]:
         try:
-            values = tuple(int(v) for v in text.split(",") if v.strip())
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
         except ValueError:
-            raise InputError(f"--{what} takes comma-separated integers, got {text!r}") from None
-        if not values or min(values) < 1:
-            raise InputError(f"--{what} needs positive integers, got {text!r}")
+            raise InputError(f"--{what} takes comma-separated numbers, got {text!r}") from None
+        if not values or min(values) < low:
+            raise InputError(f"--{what} needs numbers >= {low}, got {text!r}")
         return values
 
-    def floats(text: str) -> tuple[float, ...]:
-        try:
-            values = tuple(float(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise InputError(f"--blends takes comma-separated numbers, got {text!r}") from None
-        if not values or min(values) < 0:
-            raise InputError(f"--blends needs numbers >= 0, got {text!r}")
-        return values
-
-    result = run_tune(
-        name, queries, qrels, rerank=rerank, depths=ints(depths, "depths"),
-        rrf_ks=ints(rrf_ks, "rrf-ks"), max_ms=max_ms, index_root=index_dir,
-        blends=floats(blends) if blend_supported() else (0.0,),
+    if k < 1:
+        raise InputError(f"--candidates must be at least 1, got {k}")
+    result = sweep(
+        name, queries, qrels, rerank=rerank, k=k, depths=numbers(depths, "depths", int, 1),
+        rrf_ks=numbers(rrf_ks, "rrf-ks", int, 1), blends=numbers(blends, "blends", float, 0),
+        max_ms=max_ms, index_root=index_dir,
     )  # fmt: skip
     path = write_config(result["search"], output, queries, name)
+    picture = plot(result["rows"], result["best"], path.with_suffix(".png"))
     if as_json:
-        click.echo(json.dumps({**result, "config": str(path)}, indent=2, default=str))
+        emit({**result, "config": str(path), "plot": str(picture)})
         return
     click.echo(format_table(result["rows"], result["best"]))
-    click.echo(f"({result['queries']} dev queries; ms/q measured in batch) wrote {path}")
+    click.echo(
+        f"({result['queries']} dev queries; ms/q measured in batch) wrote {path} and {picture}"
+    )
 
 
-COMMANDS = [train, tune]  # registered on the root group by searchpipe.cli
+COMMANDS = (train, tune)

@@ -1,8 +1,6 @@
 """Approximate indexes that say how approximate they are.
 
-``choose_factory`` picks a FAISS factory by corpus size, following the faiss guidelines:
-exact search while it is cheap, HNSW up to a few million vectors, IVF beyond. ``tune`` then
-measures recall@10 against exact search on corpus-derived queries and raises
+``tune_search_params`` measures recall@10 against exact search on corpus-derived queries and raises
 ``efSearch``/``nprobe`` until the target recall is met. The queries are short snippets of
 random documents (a title, or the first words of the text) embedded by the index's own model,
 so they look like what users type; without a model, normalised midpoints of random document
@@ -13,34 +11,24 @@ manifest, and ``searchpipe info`` shows them.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
 
 from searchpipe import columns as C
+from searchpipe.arrow import arrow_to_vectors
+from searchpipe.index.layout import DOCS_FILE, VECTORS_FILE
+
+if TYPE_CHECKING:
+    from searchpipe.index.store import IndexWriter
 
 log = logging.getLogger(__name__)
-EXACT_BELOW = 50_000
-HNSW_BELOW = 2_000_000
 N_QUERIES = 500
 K = 10
-
-
-def choose_factory(n_docs: int) -> str:
-    """A factory string for ``n_docs`` vectors.
-
-    >>> choose_factory(10_000), choose_factory(200_000), choose_factory(5_000_000)
-    ('Flat', 'HNSW32', 'IVF8192,Flat')
-    """
-    if n_docs < EXACT_BELOW:
-        return "Flat"
-    if n_docs < HNSW_BELOW:
-        return "HNSW32"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(n_docs)))
-    return f"IVF{nlist},Flat"
 
 
 def sample_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -94,7 +82,9 @@ def _knob(index: Any) -> tuple[str, list[int]] | None:
     return None
 
 
-def tune(index: Any, queries: np.ndarray, truth: np.ndarray, target: float) -> dict[str, Any]:
+def tune_search_params(
+    index: Any, queries: np.ndarray, truth: np.ndarray, target: float
+) -> dict[str, Any]:
     """Smallest efSearch/nprobe reaching ``target`` recall@10; returns the manifest entry."""
     import faiss
 
@@ -128,58 +118,65 @@ def tune(index: Any, queries: np.ndarray, truth: np.ndarray, target: float) -> d
     }
 
 
-def embed_chunks(folder: Path) -> Iterator[np.ndarray]:
-    from searchpipe.pipeline import read_parts
-    from searchpipe.stages.embed import arrow_to_vectors
+def _batches(path: Path) -> Iterator[pa.RecordBatch]:
+    with pa.memory_map(str(path)) as source:
+        reader = ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
-    for batch in read_parts(folder):
+
+def _vector_chunks(path: Path) -> Iterator[np.ndarray]:
+    """The embeddings of a ``vectors.arrow`` file, batch by batch, in doc store row order."""
+    for batch in _batches(path):
         yield arrow_to_vectors(batch.column(C.EMBEDDING))
 
 
-def tune_hook(
-    embed_folder: Path, target: float, encoder: Any = None
-) -> Callable[[Any, Any], dict[str, Any]]:
-    """A BuildIndex hook: measure and tune the built index before it is committed.
+class TuneSearchParams:
+    """A build hook: measure and tune the built index before it is committed.
 
-    With ``encoder`` (the index's model), queries are snippets of the indexed texts;
-    without it, midpoints of document vectors.
+    Reads the staged version's own files (``vectors.arrow`` for exact search, the doc store for
+    query snippets), so it sees exactly the rows the index holds. With ``encoder`` (the
+    index's model), queries are snippets of the indexed texts; without it, midpoints of
+    document vectors.
     """
 
-    def hook(writer: Any, index: Any) -> dict[str, Any]:
-        n = index.ntotal
-        if encoder is not None:
-            queries = pseudo_queries(_sample_texts(embed_folder, N_QUERIES), encoder)
+    def __init__(self, target: float, encoder: Any = None) -> None:
+        self.target = target
+        self.encoder = encoder
+
+    def __call__(self, writer: IndexWriter, faiss_index: Any) -> dict[str, Any]:
+        vectors = writer.path(VECTORS_FILE)
+        n = faiss_index.ntotal
+        if self.encoder is not None:
+            texts = _sample_texts(writer.path(DOCS_FILE), N_QUERIES)
+            queries = pseudo_queries(texts, self.encoder)
         else:
             rng = np.random.default_rng(0)
             pick = np.sort(rng.choice(n, size=min(n, 4 * N_QUERIES), replace=False))
-            queries = sample_queries(_take_rows(embed_folder, pick), min(N_QUERIES, n))
-        truth = exact_topk(queries, embed_chunks(embed_folder))
-        result = tune(index, queries, truth, target)
+            queries = sample_queries(_take_rows(vectors, pick), min(N_QUERIES, n))
+        truth = exact_topk(queries, _vector_chunks(vectors))
+        result = tune_search_params(faiss_index, queries, truth, self.target)
         return {"search_params": result["params"], "ann": result}
 
-    return hook
 
-
-def _sample_texts(folder: Path, n: int, seed: int = 0) -> list[str]:
-    """Title (or text) of ``n`` random documents of an embed stage folder."""
-    from searchpipe.pipeline import read_parts
-
-    total = sum(b.num_rows for b in read_parts(folder))
+def _sample_texts(docs: Path, n: int, seed: int = 0) -> list[str]:
+    """Title (or text) of ``n`` random documents of a doc store file."""
+    total = sum(b.num_rows for b in _batches(docs))
     rows = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
     out: list[str] = []
     offset = 0
-    for batch in read_parts(folder):
+    for batch in _batches(docs):
         for r in rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset:
-            title = batch.column(C.TITLE)[int(r)].as_py() if C.TITLE in batch.schema.names else ""
+            title = batch.column(C.TITLE)[int(r)].as_py()
             out.append(title or batch.column(C.TEXT)[int(r)].as_py())
         offset += batch.num_rows
     return out
 
 
-def _take_rows(folder: Path, rows: np.ndarray) -> np.ndarray:
+def _take_rows(vectors: Path, rows: np.ndarray) -> np.ndarray:
     out = []
     offset = 0
-    for chunk in embed_chunks(folder):
+    for chunk in _vector_chunks(vectors):
         sel = rows[(rows >= offset) & (rows < offset + len(chunk))] - offset
         if len(sel):
             out.append(chunk[sel])

@@ -1,10 +1,9 @@
 """CLI commands of the built-in encoder: export, tokens, tokenizer train, pretrain.
 
 Thin wrappers over the Python API (``searchpipe.models.bert_io``, ``.contextual``,
-``.tokenizer``, ``searchpipe.pretrain``); torch and transformers are imported inside the
+``.tokenizer``, ``searchpipe.training.pretrain``); torch and transformers are imported inside the
 commands so ``searchpipe --help`` stays fast. Errors are ``SearchpipeError``s, which the root
-group prints as ``Error: <message>`` with their exit code. Registered on the root group with
-``main.add_command(...)`` for each of ``export``, ``tokens``, ``tokenizer``, ``pretrain``.
+group prints as ``Error: <message>`` with their exit code.
 """
 
 from __future__ import annotations
@@ -97,7 +96,7 @@ def tokenizer_train_cmd(corpus: Path, vocab_size: int, output: Path, cased: bool
 def pretrain_cmd(config: Path, no_resume: bool) -> None:
     """Pretrain (MLM + NSP) or continue pretraining as CONFIG.yaml says; resumes by default."""
     from searchpipe.config import load_config
-    from searchpipe.pretrain import PretrainConfig, pretrain
+    from searchpipe.training.pretrain import PretrainConfig, pretrain
 
     cfg = load_config(config, PretrainConfig)
     final = pretrain(cfg, resume=not no_resume)

@@ -31,15 +31,21 @@ import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
-from searchpipe.index import (
-    KEEP_VERSIONS,
+from searchpipe.index.layout import (
+    CONTENT_SHA256,
+    DOC_STORE_SCHEMA,
     VECTORS_FILE,
+    content_sha256,
+)
+from searchpipe.index.store import (
+    KEEP_VERSIONS,
+    BuildHook,
     Index,
     IndexWriter,
     check_name,
     index_dir,
 )
-from searchpipe.stages.build import CONTENT_SHA256, DOC_STORE_SCHEMA, BuildIndex, content_sha256
+from searchpipe.stages.build import BuildIndex
 
 #: manifest fields that a new version gets afresh (from the writer or the build)
 _REBUILT = {
@@ -273,6 +279,11 @@ def _commit(
     ]
     fields = {k: v for k, v in m.items() if k not in _REBUILT}
     fields["updates"] = history[-HISTORY:]
+    hooks: list[BuildHook] = [KeepSearchParams(m.get("search_params") or {})]
+    if "bm25" in m:
+        from searchpipe.index.bm25 import BuildBM25
+
+        hooks.append(BuildBM25())
     build = BuildIndex(
         writer.root,
         m["factory"],
@@ -281,17 +292,22 @@ def _commit(
         n_docs=n_docs,
         precision=m["encoder"].get("precision", "fp32"),
         writer=writer,
+        hooks=hooks,
     )
-    params = {"search_params": m.get("search_params") or {}}
-    build.hooks.append(lambda w, index: params)  # keep the tuned efSearch/nprobe
-    if "bm25" in m:
-        from searchpipe.stages.bm25 import bm25_hook
-
-        build.hooks.append(bm25_hook)
     for _ in build(rows):
         pass
     assert build.result is not None
     return build.result
+
+
+class KeepSearchParams:
+    """A build hook: carry the efSearch/nprobe tuned at build time into the new version."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params
+
+    def __call__(self, writer: IndexWriter, faiss_index: Any) -> dict[str, Any]:
+        return {"search_params": self.params}
 
 
 def _now() -> str:

@@ -1,12 +1,14 @@
-"""Tune search settings on a dev qrels file: fusion method, weights, ``rrf_k``, rerank depth.
+"""Sweep search settings on a dev qrels file (``searchpipe tune``): fusion method, weights,
+``rrf_k``, rerank depth and blend.
 
-Each retriever runs once over the dev queries (top ``k``), each reranker pair is scored once
-(cached by query and doc), and every setting of the grid is then evaluated from those: the
-fused lists are recomputed with the same ``fuse_hits`` the ``Fuse`` stage uses. Latency per
-setting is the measured batch cost per query of the parts it uses (embed + dense search,
-BM25 search, fusion, and the reranker's measured cost per pair times the depth).
+Each retriever runs once over the dev queries (top ``k``, built by the one query builder),
+each reranker pair is scored once (cached by query and doc), and every setting of the grid is
+then evaluated from those: the fused lists are recomputed with the same ``fuse_hits`` the
+``Fuse`` stage uses, the blended rerank order with the same ``blended`` the ``Rerank`` stage
+uses. Latency per setting is the measured batch cost per query of the parts it uses (embed +
+dense search, BM25 search, fusion, and the reranker's measured cost per pair times the depth).
 
->>> result = tune("scifact", "dev-queries.jsonl", "dev-qrels.tsv")  # doctest: +SKIP
+>>> result = sweep("scifact", "dev-queries.jsonl", "dev-qrels.tsv")  # doctest: +SKIP
 >>> print(format_table(result["rows"]))  # doctest: +SKIP
 """
 
@@ -29,10 +31,8 @@ log = logging.getLogger("searchpipe")
 RRF_KS = (10, 30, 60, 100)
 WEIGHTS = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0), (1.0, 0.25), (0.25, 1.0))
 DEPTHS = (0, 20, 50, 100)
-BLENDS = (0.0,)  # first-stage weight in the reranked head; see ``reranked``
-RRF_K = 60
+BLENDS = (0.0, 0.5, 1.0, 2.0)  # first-stage weight in the reranked head; see ``reranked``
 METRIC = "ndcg@10"
-Run = dict[str, dict[str, float]]
 
 
 class FirstStage:
@@ -40,8 +40,6 @@ class FirstStage:
 
     def __init__(self, index: Any, queries: pa.Table, k: int, model: str | None = None) -> None:
         from searchpipe.api import Searcher
-        from searchpipe.stages.bm25 import RetrieveBM25
-        from searchpipe.stages.retrieve import Retrieve
 
         self.index = index
         self.queries = queries
@@ -49,22 +47,14 @@ class FirstStage:
         self.ms: dict[str, float] = {}
         self.hits: dict[str, pa.RecordBatch] = {}
         n = max(queries.num_rows, 1)
-        searcher = Searcher(index, model=model)
-        warm = queries.slice(0, 1).to_batches()
-        list(Retrieve(index, k)(list(searcher.embed(warm))))  # first calls pay one-off setup
-        t0 = time.perf_counter()
-        embedded = pa.Table.from_batches(list(searcher.embed(queries.to_batches())))
-        dense = list(Retrieve(index, k)(embedded.to_batches()))
-        self.ms["dense"] = 1000 * (time.perf_counter() - t0) / n
-        self.hits["dense"] = pa.Table.from_batches(dense).combine_chunks().to_batches()[0]
-        if "bm25" in index.manifest:
-            stage = RetrieveBM25(index, k)
-            stage.open()
-            list(stage(warm))
+        kinds = ["dense", "bm25"] if "bm25" in index.manifest else ["dense"]
+        for kind in kinds:
+            searcher = Searcher(index, retriever=kind, k=k, candidates=k, model=model)
+            searcher.search_batch(queries.slice(0, 1))  # first calls pay one-off setup
             t0 = time.perf_counter()
-            bm25 = list(stage(queries.to_batches()))
-            self.ms["bm25"] = 1000 * (time.perf_counter() - t0) / n
-            self.hits["bm25"] = pa.Table.from_batches(bm25).combine_chunks().to_batches()[0]
+            hits = searcher.search_batch(queries)
+            self.ms[kind] = 1000 * (time.perf_counter() - t0) / n
+            self.hits[kind] = hits.combine_chunks().to_batches()[0]
 
     def run(
         self,
@@ -142,28 +132,31 @@ class PairCache:
 def reranked(
     ranked: dict[str, list[int]], cache: PairCache, depth: int, blend: float = 0.0
 ) -> dict[str, list[int]]:
-    """Each query's top ``depth`` re-ordered by cross-encoder score, the tail kept in order.
+    """Each query's top ``depth`` re-ordered as the ``Rerank`` stage orders it, the tail kept.
 
-    ``blend`` > 0 keeps some of the first stage's opinion: the head is ordered by reciprocal-
-    rank fusion ``1/(60 + reranker rank) + blend/(60 + first-stage rank)`` instead of by the
-    reranker alone (a small reranker trained on little data is noisy; the fused order
-    averages two different errors).
+    ``blend`` > 0 keeps some of the first stage's opinion (see ``stages.rerank.blended``).
     """
+    from searchpipe.stages.rerank import blended
+
     cache.score({q: rows[:depth] for q, rows in ranked.items()})
     out = {}
     for q, rows in ranked.items():
         head = sorted(rows[:depth], key=lambda r: -cache.scores[(q, r)])
         if blend > 0:
             first = {r: i + 1 for i, r in enumerate(rows[:depth])}
-            fused = {
-                r: 1 / (RRF_K + i + 1) + blend / (RRF_K + first[r]) for i, r in enumerate(head)
-            }
-            head = sorted(head, key=lambda r: (-fused[r], first[r]))
+            fused = blended(
+                np.arange(1, len(head) + 1, dtype=np.float64),
+                np.array([first[r] for r in head], dtype=np.float64),
+                blend,
+            )
+            head = [
+                head[i] for i in sorted(range(len(head)), key=lambda i: (-fused[i], first[head[i]]))
+            ]
         out[q] = head + rows[depth:]
     return out
 
 
-def as_run(ranked: dict[str, list[int]], doc_ids: list[str]) -> Run:
+def as_run(ranked: dict[str, list[int]], doc_ids: list[str]) -> dict[str, dict[str, float]]:
     """Rank lists as a ranx-style run (score = descending rank)."""
     return {
         q: {doc_ids[r]: float(len(rows) - i) for i, r in enumerate(rows)}
@@ -171,7 +164,7 @@ def as_run(ranked: dict[str, list[int]], doc_ids: list[str]) -> Run:
     }
 
 
-def tune(
+def sweep(
     index: str | Any,
     queries: str | Path,
     qrels: str | Path,
@@ -192,7 +185,8 @@ def tune(
 
     Returns ``{"rows": [...], "best": row, "search": {SearchConfig fields}}``.
     """
-    from searchpipe.evaluate import evaluate, read_qrels
+    from searchpipe.eval.metrics import evaluate
+    from searchpipe.eval.runs import read_qrels
     from searchpipe.index import Index
     from searchpipe.stages.ingest import read_queries
 
@@ -293,30 +287,23 @@ def tune(
     return {
         "rows": rows,
         "best": best,
-        "search": search_section(best, rerank),
+        "search": search_section(best, rerank, k),
         "queries": table.num_rows,
     }
 
 
-def search_section(row: dict[str, Any], rerank: str | None) -> dict[str, Any]:
-    """The ``search:`` settings (``SearchConfig`` fields) of a tuned row."""
-    out: dict[str, Any] = {"retriever": row["retriever"]}
+def search_section(row: dict[str, Any], rerank: str | None, candidates: int) -> dict[str, Any]:
+    """The ``search:`` settings (``SearchSettings`` fields) of a swept row."""
+    out: dict[str, Any] = {"retriever": row["retriever"], "candidates": candidates}
     for key in ("fusion", "rrf_k", "dense_weight", "bm25_weight"):
         if key in row:
             out[key] = row[key]
     if rerank and row["rerank_depth"] > 0:
-        out["rerank"] = str(rerank)
+        out["rerank"] = str(Path(rerank).resolve()) if Path(rerank).is_dir() else str(rerank)
         out["rerank_depth"] = row["rerank_depth"]
         if row.get("rerank_blend", 0.0) > 0:
             out["rerank_blend"] = row["rerank_blend"]
     return out
-
-
-def blend_supported() -> bool:
-    """Whether this searchpipe's ``SearchConfig`` (and so ``search``) can apply a blend."""
-    from searchpipe.config import SearchConfig
-
-    return "rerank_blend" in SearchConfig.model_fields
 
 
 def format_table(rows: list[dict[str, Any]], best: dict[str, Any] | None = None) -> str:
@@ -334,13 +321,22 @@ def format_table(rows: list[dict[str, Any]], best: dict[str, Any] | None = None)
 
 
 def write_config(search: dict[str, Any], path: str | Path, queries: str | Path, index: str) -> Path:
-    """Save the chosen settings as a YAML file with a ``search:`` section that validates as
-    ``SearchConfig`` (queries/output are placeholders to edit)."""
+    """Save the chosen settings as a job file: a ``search:`` section (``SearchConfig``) that
+    ``searchpipe search --config FILE`` and ``searchpipe run FILE`` apply as written.
+
+    Paths are absolute, since a config's relative paths are read from its own folder; the run
+    file ``output`` is a placeholder beside the config.
+    """
     import yaml
 
     from searchpipe.config import SearchConfig, validate
 
-    section = {"index": index, "queries": str(queries), "output": "run.arrow", **search}
+    section = {
+        "index": index,
+        "queries": str(Path(queries).resolve()),
+        "output": "run.arrow",
+        **search,
+    }
     validate(section, SearchConfig, source="tuned settings")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,4 +345,39 @@ def write_config(search: dict[str, Any], path: str | Path, queries: str | Path, 
         + yaml.safe_dump({"search": section}, sort_keys=False),
         encoding="utf-8",
     )
+    return path
+
+
+def plot(rows: list[dict[str, Any]], best: dict[str, Any], path: str | Path) -> Path:
+    """A PNG of quality against ms/query for every swept setting, the chosen one marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for kind, marker in (("dense", "o"), ("bm25", "s"), ("hybrid", "^")):
+        for reranked_ in (False, True):
+            pts = [
+                r for r in rows if r["retriever"] == kind and (r["rerank_depth"] > 0) == reranked_
+            ]
+            if pts:
+                ax.scatter(
+                    [r["ms"] for r in pts],
+                    [r[METRIC] for r in pts],
+                    marker=marker,
+                    alpha=0.7,
+                    label=f"{kind}{' + rerank' if reranked_ else ''}",
+                )
+    ax.scatter([best["ms"]], [best[METRIC]], s=220, facecolors="none", edgecolors="red", lw=2)
+    ax.annotate("chosen", (best["ms"], best[METRIC]), xytext=(8, -14), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per query (batch)")
+    ax.set_ylabel(f"{METRIC} (dev)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
     return path

@@ -1,21 +1,67 @@
-"""Evaluate runs against qrels with ranx (nDCG, MRR, recall, MAP; paired significance tests).
+"""Run files and qrels: what searchpipe writes and reads back to score.
 
-Runs are read from our Arrow run files (``query_id, doc_id, rank, score`` ...) or TREC run
-files; qrels from BEIR TSV (``query-id corpus-id score`` with a header) or TREC qrels
-(``qid 0 docid rel``). Only queries that have judgements are scored; a judged query missing
-from the run scores zero, as trec_eval does with ``-c``.
+Runs are our Arrow run files (``query_id, doc_id, rank, score`` ...), JSON Lines or TREC run
+files (``qid Q0 docid rank score tag``); qrels are BEIR TSV (``query-id corpus-id score`` with a
+header) or TREC qrels (``qid 0 docid rel``). Every error names the file and line.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
 
-DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@100", "map")
+Run = dict[str, dict[str, float]]
+
+
+def output_format(path: Path) -> str:
+    ext = path.suffix.lower()
+    formats = {
+        ".arrow": "arrow",
+        ".ipc": "arrow",
+        ".feather": "arrow",
+        ".jsonl": "jsonl",
+        ".trec": "trec",
+        ".run": "trec",
+        ".txt": "trec",
+    }
+    if ext not in formats:
+        raise InputError(f"cannot tell the output format of {path}; use .arrow, .jsonl or .trec")
+    return formats[ext]
+
+
+def run_scores(batch: pa.RecordBatch | pa.Table) -> np.ndarray:
+    """One score per row that orders each query's hits exactly as ``rank`` does.
+
+    For a reranked run, reranked hits keep their cross-encoder score and the hits below the
+    rerank depth get scores below the lowest reranked one, in first-stage order; when the
+    head was ordered by a blend of both ranks, the score is minus the rank. Evaluation
+    and TREC output both use this, so a TREC file scores the same as the Arrow run.
+    """
+    if C.RERANK_SCORE not in batch.schema.names:
+        return batch.column(C.SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    rerank = batch.column(C.RERANK_SCORE).to_numpy(zero_copy_only=False).astype(np.float64)
+    ranks = batch.column(C.RANK).to_numpy(zero_copy_only=False).astype(np.float64)
+    qids = batch.column(C.QUERY_ID).to_numpy(zero_copy_only=False)
+    scores = rerank.copy()
+    tail = np.isnan(rerank)
+    _, group = np.unique(qids, return_inverse=True)
+    if tail.any():
+        floor = np.full(group.max() + 1, np.inf)
+        np.minimum.at(floor, group[~tail], rerank[~tail])
+        floor[np.isinf(floor)] = 0.0
+        scores[tail] = floor[group[tail]] - ranks[tail] * 1e-3 - 1.0
+    # a blended rerank orders its head by both ranks, not by rerank_score: then the rank itself
+    # is the only score that orders the hits as the run does
+    by_rank = np.lexsort((ranks, group))
+    same_query = group[by_rank][1:] == group[by_rank][:-1]
+    if np.any(same_query & (np.diff(scores[by_rank]) > 0)):
+        return -ranks
+    return scores
 
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
@@ -59,8 +105,6 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
 
 def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     """A run ``{query_id: {doc_id: score}}`` from an Arrow run file or a TREC run file."""
-    from searchpipe.stages.write import output_format, run_scores
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"run file {path} does not exist")
@@ -106,45 +150,3 @@ def read_run(path: str | Path) -> dict[str, dict[str, float]]:
             except ValueError:
                 raise InputError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
     return run
-
-
-def _ranx(
-    qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]], name: str = "run"
-) -> tuple[Any, Any]:
-    from ranx import Qrels, Run
-
-    judged = {q: docs for q, docs in run.items() if q in qrels}
-    for q in qrels:  # judged but unanswered queries count as zeros
-        judged.setdefault(q, {})
-    return Qrels(qrels), Run(judged, name=name)
-
-
-def evaluate(
-    run: str | Path | dict,
-    qrels: str | Path | dict,
-    metrics: tuple[str, ...] = DEFAULT_METRICS,
-    per_query: bool = False,
-) -> dict[str, Any]:
-    """Score a run; returns ``{metric: value, ..., "queries": n}`` (and ``per_query``).
-
-    >>> evaluate({"q1": {"d1": 2.0, "d2": 1.0}}, {"q1": {"d2": 1}}, metrics=("mrr@10",))
-    {'mrr@10': 0.5, 'queries': 1}
-    """
-    from ranx import evaluate as ranx_evaluate
-
-    qrels_d = read_qrels(qrels) if not isinstance(qrels, dict) else qrels
-    run_d = read_run(run) if not isinstance(run, dict) else run
-    rq, rr = _ranx(qrels_d, run_d)
-    try:
-        with warnings.catch_warnings():  # numba's note on a uint64 cast inside ranx
-            warnings.simplefilter("ignore")
-            scores = ranx_evaluate(rq, rr, list(metrics), make_comparable=True)
-    except (ValueError, KeyError) as e:
-        raise InputError(f"cannot compute {', '.join(metrics)}: {e}") from None
-    if isinstance(scores, float):
-        scores = {metrics[0]: scores}
-    result: dict[str, Any] = {m: round(float(v), 6) for m, v in scores.items()}
-    result["queries"] = len(qrels_d)
-    if per_query:
-        result["per_query"] = {m: {q: float(v) for q, v in rr.scores[m].items()} for m in metrics}
-    return result

@@ -348,23 +348,6 @@ def lr_at(step: int, cfg: PretrainConfig, total: int) -> float:
     return cfg.lr * max(0.0, (total - step) / max(1, total - cfg.warmup_steps))
 
 
-def resolve_precision(precision: str, device: str) -> bool:
-    """True when bf16 autocast should be used on ``device``."""
-    import torch
-
-    if precision == "fp32":
-        return False
-    if device == "cuda":
-        supported = torch.cuda.is_bf16_supported()
-    else:
-        supported = torch.backends.mkldnn.is_available() and bool(
-            torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
-    if precision == "bf16" and not supported:
-        raise InputError(f"precision bf16 is not supported on this {device}; use auto or fp32")
-    return supported
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weight matrices and embeddings; none on LayerNorms and biases."""
     import torch
@@ -436,7 +419,7 @@ def _build_model(cfg: PretrainConfig, tok: Any, init_path: Path | None) -> Pretr
     return PretrainingModel(config)
 
 
-def evaluate(
+def held_out_metrics(
     model: PretrainingModel, batches: list[dict[str, torch.Tensor]], bf16: bool, device: str
 ) -> dict[str, float]:
     """MLM loss / accuracy (over masked tokens) and NSP accuracy on held-out batches."""
@@ -477,6 +460,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
     from tqdm.auto import tqdm
 
     from searchpipe.models.bert_io import load_model, save_hf
+    from searchpipe.models.precision import resolve_precision
     from searchpipe.models.resolve import resolve_model
     from searchpipe.models.tokenizer import Corpus, load_tokenizer
 
@@ -508,7 +492,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
         if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
         else "cpu"
     )
-    bf16 = resolve_precision(cfg.precision, device)
+    bf16 = resolve_precision(cfg.precision, device) == "bf16"
     corpus = Corpus(cfg.corpus)
     n = corpus.num_rows
     n_eval = min(cfg.eval_docs, n // 5)
@@ -603,7 +587,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
             shutil.rmtree(old)
 
     if step == 0:
-        log({"step": 0, **evaluate(model, eval_batches, bf16, device)})
+        log({"step": 0, **held_out_metrics(model, eval_batches, bf16, device)})
     stream = data.stream(position)
     bar = tqdm(total=total, initial=step, disable=None, unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
@@ -634,7 +618,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = True, stop_after: int | None = 
         bar.update(1)
         bar.set_postfix(loss=f"{sums['loss']:.3f}", tok_s=f"{rate:,.0f}", refresh=False)
         if step % cfg.eval_every == 0 or step == total:
-            ev = evaluate(model, eval_batches, bf16, device)
+            ev = held_out_metrics(model, eval_batches, bf16, device)
             log({"step": step, **ev})
             bar.write(
                 f"step {step}: eval mlm_loss {ev['eval_mlm_loss']:.3f} "

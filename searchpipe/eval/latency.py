@@ -35,10 +35,13 @@ def _parts(profile: dict[str, float], total: float) -> dict[str, float]:
     }
 
 
-def measure(searcher: Any, queries: list[str], k: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """Latency figures (milliseconds) over ``queries``, searched one at a time.
+def measure(
+    searcher: Any, queries: list[str], k: int | None = None, warmup: int = 3
+) -> dict[str, Any]:
+    """Latency figures (milliseconds) over ``queries``, searched one at a time by a loaded
+    ``Searcher`` (``k``: hits per query, default the searcher's settings).
 
-    >>> measure(Searcher("sample"), ["bees", "onions"], k=10)["p50_ms"]  # doctest: +SKIP
+    >>> measure(Searcher("sample", k=10), ["bees", "onions"])["p50_ms"]  # doctest: +SKIP
     """
     for q in queries[:warmup]:
         searcher.search(q, k=k)

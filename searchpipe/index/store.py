@@ -6,7 +6,7 @@ Layout of ``indexes/NAME/``::
     v000001/index.faiss    FAISS index; row i is doc store row i
     v000001/docs.arrow     doc store (doc_id, title, text, metadata), Arrow IPC, memory-mapped
     v000001/vectors.arrow  per row: content sha256 and the embedding (for add/delete without
-                           re-embedding, see ``searchpipe.update``)
+                           re-embedding, see ``searchpipe.api.update``)
     v000001/bm25/          BM25 index, when built
     .lock                  held by the one writer
 
@@ -22,28 +22,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError, RunError
+from searchpipe.files import file_digest, fsync_dir, fsync_file
+from searchpipe.index.layout import (
+    BM25_DIR,
+    CONTENT_SHA256,
+    DOC_STORE_SCHEMA,
+    DOCS_FILE,
+    FAISS_FILE,
+    MANIFEST,
+    VECTORS_FILE,
+    VERSION_DIR,
+    content_sha256,
+    vectors_schema,
+)
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: no vectors.arrow and no manifest checksum (read-only use)
-MANIFEST = "manifest.json"
-FAISS_FILE = "index.faiss"
-DOCS_FILE = "docs.arrow"
-VECTORS_FILE = "vectors.arrow"
 KEEP_VERSIONS = 2
-VERSION_DIR = re.compile(r"v\d{6}")
 NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+__all__ = [
+    "CONTENT_SHA256", "DOC_STORE_SCHEMA", "DOCS_FILE", "FAISS_FILE", "MANIFEST", "VECTORS_FILE",
+    "BuildHook", "Index", "IndexWriter", "check_index", "content_sha256", "index_dir",
+    "read_manifest", "rows_to_doc_ids", "vectors_schema", "verify",
+]  # fmt: skip
 
 
 def index_dir(override: str | Path | None = None) -> Path:
@@ -61,27 +73,6 @@ def check_name(name: str) -> str:
             "(not starting with '.')"
         )
     return name
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def file_digest(path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _version_dir(version: int) -> str:
@@ -166,7 +157,7 @@ class Index:
     manifest: dict[str, Any]
     faiss_index: Any
     docs: pa.Table
-    #: the version's BM25 index (``searchpipe.stages.bm25.BM25Index``), opened with the rest
+    #: the version's BM25 index (``searchpipe.index.bm25.BM25Index``), opened with the rest
     #: so that a reader holds all of one version even after a writer removes its folder
     bm25: Any = None
 
@@ -207,7 +198,7 @@ class Index:
             docs = ipc.open_file(pa.memory_map(str(vdir / DOCS_FILE))).read_all()
             bm25 = None
             if "bm25" in manifest:
-                from searchpipe.stages.bm25 import BM25_DIR, BM25Index
+                from searchpipe.index.bm25 import BM25Index
 
                 try:
                     bm25 = BM25Index(vdir / BM25_DIR)
@@ -265,6 +256,16 @@ class Index:
             )
         k = min(k, self.faiss_index.ntotal)
         return self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+
+
+class BuildHook(Protocol):
+    """Work on a staged version before it is committed (its BM25 index, ANN tuning).
+
+    Called with the writer holding the staged files and the built FAISS index; returns the
+    manifest fields it adds (``{"bm25": {...}}``, ``{"search_params": {...}, "ann": {...}}``).
+    """
+
+    def __call__(self, writer: IndexWriter, faiss_index: Any) -> dict[str, Any]: ...
 
 
 class IndexWriter:
@@ -338,10 +339,10 @@ class IndexWriter:
         assert self.staging is not None
         files = {}
         for f in sorted(p for p in self.staging.rglob("*") if p.is_file()):
-            _fsync_file(f)
+            fsync_file(f)
             files[str(f.relative_to(self.staging))] = file_digest(f)
         for d in sorted({f.parent for f in self.staging.rglob("*")} | {self.staging}, reverse=True):
-            _fsync_dir(d)
+            fsync_dir(d)
         final = self.root / _version_dir(self.version)
         previous = self.current_manifest()
         kept = ([*previous.get("kept_versions", [])] if previous else []) + [final.name]
@@ -361,7 +362,7 @@ class IndexWriter:
         try:
             os.replace(self.staging, final)
             self.staging = None
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             with open(tmp, "wb") as out:
                 out.write(manifest_bytes(manifest))
                 out.flush()
@@ -373,7 +374,7 @@ class IndexWriter:
             raise
         # committed: from here on a failure must not remove what readers may already see
         try:
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         except OSError:
             pass  # the swap is visible; the next commit's fsync makes it durable
         for p in self.root.iterdir():  # old versions beyond the ones kept

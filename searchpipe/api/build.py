@@ -1,0 +1,108 @@
+"""Building an index: ingest → embed as a batch job, then the build stage commits a version.
+
+>>> from searchpipe import build_index
+>>> build_index(corpus="docs.jsonl", name="docs", index_type="HNSW32")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from searchpipe import columns as C
+from searchpipe.config import IndexConfig, settings
+from searchpipe.index import Index, index_dir, read_manifest
+from searchpipe.index.faiss import choose_factory, make_faiss_index
+from searchpipe.index.store import BuildHook, check_name
+from searchpipe.pipeline import Pipeline, runs_dir, with_progress
+from searchpipe.stages.build import BuildIndex
+from searchpipe.stages.embed import Embed
+from searchpipe.stages.ingest import Ingest
+
+log = logging.getLogger("searchpipe")
+
+
+def build_index(
+    config: IndexConfig | None = None,
+    *,
+    index_root: str | Path | None = None,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> Index:
+    """Ingest, embed and index a corpus as a batch job; returns the opened index.
+
+    Settings are those of ``IndexConfig`` (``corpus``, ``name``, ``model``, ``index_type``, ...).
+    A re-run with an unchanged corpus and settings reuses every stage's output.
+
+    >>> build_index(corpus="docs.jsonl", name="docs", index_type="HNSW32")  # doctest: +SKIP
+    """
+    cfg: IndexConfig = settings(config, IndexConfig, kwargs, "build_index")
+    root = index_dir(index_root) / check_name(cfg.name)
+    ingest = Ingest(cfg.corpus)
+    embed = Embed(
+        cfg.model,
+        fields=(C.TITLE, C.TEXT),
+        precision=cfg.precision,
+        token_budget=cfg.token_budget,
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+    )
+    pipeline = Pipeline([ingest, embed])
+    pipeline.check()
+    embed.open()
+    assert embed.encoder is not None
+    identity = embed.encoder.identity()
+    if cfg.index_type != "auto":  # a bad factory string fails before embedding
+        make_faiss_index(cfg.index_type, identity["dim"])
+    work = runs_dir() / f"index-{cfg.name}"
+    stream = pipeline.run_job(work, progress=progress)
+    n_docs = pipeline.rows(work, ingest) or 0
+    factory = choose_factory(n_docs) if cfg.index_type == "auto" else cfg.index_type
+    build_fp = hashlib.sha256(
+        json.dumps(
+            [
+                embed.fingerprint(ingest.fingerprint(ingest.fingerprint_source())),
+                factory,
+                cfg.target_recall,
+                cfg.bm25,
+            ]
+        ).encode()
+    ).hexdigest()
+    if (root / "manifest.json").exists() and read_manifest(root).get(
+        "build_fingerprint"
+    ) == build_fp:
+        log.info("index %s: corpus, model and settings unchanged; nothing to do", cfg.name)
+        return Index.open(root)
+    hooks: list[BuildHook] = []
+    if factory != "Flat":
+        from searchpipe.index.ann import TuneSearchParams
+
+        hooks.append(TuneSearchParams(cfg.target_recall, embed.encoder))
+    if cfg.bm25:
+        from searchpipe.index.bm25 import BuildBM25
+
+        hooks.append(BuildBM25())
+    build = BuildIndex(
+        root,
+        factory,
+        identity,
+        manifest_fields={
+            "corpus": {"path": str(ingest.path), "sha256": ingest.fingerprint_source()},
+            "build_fingerprint": build_fp,
+            "settings": json.loads(cfg.model_dump_json()),
+        },
+        n_docs=n_docs,
+        precision=embed.encoder.precision,
+        hooks=hooks,
+    )
+    for _ in build(with_progress(stream, n_docs, "index", progress)):
+        pass
+    return Index.open(root)
+
+
+def open_index(name: str, index_root: str | Path | None = None) -> Index:
+    """Open a committed index by name (or folder)."""
+    return Index.open(name, index_root)

@@ -1,0 +1,241 @@
+"""The query side of the Python API: one query builder, and the two ways to run it.
+
+``query_stages`` turns an index and ``SearchSettings`` into the stages that answer queries::
+
+    (embed) → first stage: dense | BM25 | both fused → (rerank) → cut to k
+
+Every search path is built by it: ``Searcher`` (queries one at a time with the models loaded
+once: ``searchpipe query``, ``bench``), ``search`` (a queries file as a batch job:
+``searchpipe search`` and ``run``), ``searchpipe tune`` and the benchmarks. The first stage
+fetches ``candidates`` rows per retriever (never fewer than ``k`` or the rerank depth), so
+fusion and rerank see a deep list and only the output is cut to ``k``.
+
+>>> from searchpipe import Searcher
+>>> Searcher("sample", rerank="models/reranker").search("how do bees talk", k=5)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from searchpipe import columns as C
+from searchpipe import timing
+from searchpipe.config import SearchConfig, SearchSettings, settings
+from searchpipe.errors import InputError
+from searchpipe.index import Index
+from searchpipe.pipeline import Pipeline, runs_dir
+from searchpipe.stages.base import Stage
+from searchpipe.stages.cut import Cut
+from searchpipe.stages.embed import Embed
+from searchpipe.stages.fuse import Fuse
+from searchpipe.stages.ingest import Ingest
+from searchpipe.stages.rerank import Rerank
+from searchpipe.stages.retrieve import Retrieve, RetrieveBM25
+from searchpipe.stages.write import Write
+
+log = logging.getLogger("searchpipe")
+
+
+def candidate_depth(s: SearchSettings) -> int:
+    """Rows each first-stage retriever fetches: ``candidates``, at least ``k`` and the rerank depth."""
+    return max(s.candidates, s.k, s.rerank_depth if s.rerank else 0)
+
+
+def first_stage(index: Index, s: SearchSettings, depth: int) -> Stage:
+    """The first-stage retriever the settings ask for: dense, BM25, or both fused."""
+    retriever = s.retriever
+    if retriever == "auto":
+        retriever = "hybrid" if "bm25" in index.manifest else "dense"
+    if retriever == "dense":
+        return Retrieve(index, depth)
+    if retriever == "bm25":
+        return RetrieveBM25(index, depth)
+    return Fuse(
+        [Retrieve(index, depth), RetrieveBM25(index, depth)],
+        ["dense", "bm25"],
+        method=s.fusion,
+        rrf_k=s.rrf_k,
+        weights=[s.dense_weight, s.bm25_weight],
+        k=depth,
+    )
+
+
+def query_stages(
+    index: Index, s: SearchSettings, *, encoder: Any = None, reranker: Any = None
+) -> list[Stage]:
+    """The stages answering queries (``query_id``, ``text``) on ``index`` as ``s`` says.
+
+    ``encoder`` / ``reranker``: already loaded models to use instead of loading the ones the
+    settings name (a ``Searcher`` keeps its own). Nothing is loaded here: call
+    ``open_stages`` after checking the pipeline.
+
+    >>> [st.name for st in query_stages(index, SearchSettings(rerank="rr"))]  # doctest: +SKIP
+    ['embed', 'fuse', 'rerank', 'cut']
+    """
+    first = first_stage(index, s, candidate_depth(s))
+    stages: list[Stage] = []
+    if C.EMBEDDING in first.requires:
+        built = index.manifest["encoder"]
+        stages.append(
+            Embed(
+                encoder if encoder is not None else (s.model or built["name"]),
+                fields=(C.TEXT,),
+                precision=s.precision,
+                max_length=built.get("max_length"),
+            )
+        )
+    stages.append(first)
+    if reranker is not None or s.rerank:
+        stages.append(
+            Rerank(
+                reranker if reranker is not None else str(s.rerank),
+                index,
+                depth=s.rerank_depth,
+                precision=s.precision,
+                token_budget=s.rerank_batch_tokens,
+                max_length=s.rerank_max_length,
+                blend=s.rerank_blend,
+            )
+        )
+    stages.append(Cut(s.k))
+    return stages
+
+
+def open_stages(stages: list[Stage], index: Index) -> None:
+    """Load the stages' models; refuse a query encoder that is not the index's own."""
+    for stage in stages:
+        stage.open()
+        if isinstance(stage, Embed):
+            assert stage.encoder is not None
+            index.check_encoder(stage.encoder.identity())
+
+
+class Searcher:
+    """An index with its query encoder (and optional reranker) loaded, for many queries.
+
+    Takes ``SearchSettings`` or the same names as keywords; ``encoder`` / ``reranker`` are
+    already loaded models to share between searchers.
+
+    >>> s = Searcher("sample", rerank="models/reranker", rerank_depth=20)  # doctest: +SKIP
+    >>> s.search("how do bees communicate", k=5).to_pylist()[0]["doc_id"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        index: str | Index,
+        config: SearchSettings | None = None,
+        *,
+        index_root: str | Path | None = None,
+        encoder: Any = None,
+        reranker: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        self.settings: SearchSettings = settings(config, SearchSettings, kwargs, "Searcher")
+        self.index = index if isinstance(index, Index) else Index.open(index, index_root)
+        stages = query_stages(self.index, self.settings, encoder=encoder, reranker=reranker)
+        Pipeline(stages).check([C.QUERY_ID, C.TEXT])
+        open_stages(stages, self.index)
+        embed = next((st for st in stages if isinstance(st, Embed)), None)
+        rerank = next((st for st in stages if isinstance(st, Rerank)), None)
+        self.encoder = embed.encoder if embed is not None else None
+        self.reranker = rerank.scorer if rerank is not None else None
+        self._stages: dict[int, list[Stage]] = {self.settings.k: stages}
+
+    def stages(self, k: int | None = None) -> list[Stage]:
+        """The query-side stages for ``k`` hits (default: the settings' k), built once each."""
+        k = self.settings.k if k is None else k
+        if k not in self._stages:
+            self._stages[k] = query_stages(
+                self.index,
+                self.settings.model_copy(update={"k": k}),
+                encoder=self.encoder,
+                reranker=self.reranker,
+            )
+        return self._stages[k]
+
+    def search_batch(
+        self, queries: pa.Table, k: int | None = None, profile: dict[str, float] | None = None
+    ) -> pa.Table:
+        """Hits for a table of queries (``query_id``, ``text``), one row per (query, hit).
+
+        With ``profile``, adds the seconds spent in each stage (and in the model forward
+        passes, FAISS and BM25 inside them) to it.
+        """
+        batches = queries.to_batches()
+        timing.reset()
+        for stage in self.stages(k):
+            t0 = time.perf_counter()
+            batches = list(stage(batches))
+            if profile is not None:
+                profile[stage.name] = profile.get(stage.name, 0.0) + time.perf_counter() - t0
+        if profile is not None:
+            for name, seconds in timing.seconds.items():
+                profile[name] = profile.get(name, 0.0) + seconds
+        return pa.Table.from_batches(batches) if batches else pa.table({})
+
+    def search(
+        self, query: str, k: int | None = None, profile: dict[str, float] | None = None
+    ) -> pa.Table:
+        """Ranked hits for one query, with their title and text."""
+        if not query.strip():
+            raise InputError("the query is empty; pass some text to search for")
+        queries = pa.table({C.QUERY_ID: ["q"], C.TEXT: [query]})
+        hits = self.search_batch(queries, k, profile)
+        t0 = time.perf_counter()
+        docs = self.index.docs.take(hits.column(C.DOC_ROW))
+        out = hits.append_column(C.TITLE, docs.column(C.TITLE)).append_column(
+            C.TEXT, docs.column(C.TEXT)
+        )
+        if profile is not None:
+            profile["io"] = profile.get("io", 0.0) + time.perf_counter() - t0
+        return out
+
+
+def search(
+    config: SearchConfig | None = None,
+    *,
+    index_root: str | Path | None = None,
+    progress: bool | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Search a queries file as a batch job and write the run (Arrow, JSONL or TREC).
+
+    Takes a ``SearchConfig`` or the same names as keywords.
+
+    >>> search(index="sample", queries="queries.jsonl", output="run.arrow", k=100)  # doctest: +SKIP
+    """
+    cfg: SearchConfig = settings(config, SearchConfig, kwargs, "search")
+    if cfg.index is None:
+        raise InputError("search: name the index to search (index=...)")
+    index = Index.open(cfg.index, index_root)
+    ingest = Ingest(cfg.queries, kind="query")
+    stages = query_stages(index, cfg)
+    write = Write(cfg.output)
+    Pipeline([ingest, *stages, write]).check()
+    open_stages(stages, index)
+    pipeline = Pipeline([ingest, *stages])
+    work = runs_dir() / f"search-{index.name}-{Path(cfg.output).stem}"
+    for _ in write(pipeline.run_job(work, progress=progress)):
+        pass
+    summary: dict[str, Any] = {
+        "output": str(cfg.output),
+        "queries": pipeline.rows(work, ingest),
+        "rows": write.rows,
+    }
+    rerank = next((st for st in stages if isinstance(st, Rerank)), None)
+    if rerank is not None:
+        summary["reranked_pairs"] = rerank.pairs
+        summary["truncated_pairs"] = rerank.truncated
+        if rerank.truncated:
+            log.warning(
+                "rerank: %d of %d pairs were longer than the model's %d tokens and were truncated",
+                rerank.truncated,
+                rerank.pairs,
+                rerank.scorer.max_length if rerank.scorer else 0,
+            )
+    return summary
