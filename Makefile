@@ -24,13 +24,15 @@ demo: install
 		"How do honeybees tell each other where the flowers are?" \
 		"Why do planes leave white lines in the sky?"
 
-test: install
-	$(BIN)/ruff check searchpipe tests benchmarks
+# lint first (seconds), then the suite: style, format, the layer contract (import-linter:
+# layers, no import circles, nothing imports the CLI), types, tests
+test: lint
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check searchpipe tests benchmarks
 	$(BIN)/ruff format --check searchpipe tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy searchpipe
 
 clean:

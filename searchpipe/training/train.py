@@ -23,6 +23,7 @@ positives are never negatives.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -618,7 +619,9 @@ def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
 def _fit(trainer: Any, model: Any, cfg: Any, prep: Any, t0: float, kind: str) -> dict[str, Any]:
     """Train (resuming from the last checkpoint, if any), save the model, summarise."""
     try:
-        trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
+        # the trainer prints its loss records to stdout; stdout carries our results only
+        with contextlib.redirect_stdout(sys.stderr):
+            trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
     except (RuntimeError, ValueError) as e:
         raise RunError(f"{kind} training failed: {str(e).splitlines()[0][:200]}") from None
     model.save(str(cfg.output))
