@@ -70,12 +70,17 @@ class SearchSettings(StrictModel):
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list in fusion.")
     model: str | None = Field(None, description="Query encoder (default: the index's own model).")
     rerank: str | None = Field(None, description="CrossEncoder model folder to rerank with.")
-    rerank_depth: int = Field(20, ge=1, description="Hits per query to rerank.")
-    rerank_blend: float = Field(
-        0.0,
+    rerank_depth: int | None = Field(
+        None,
+        ge=1,
+        description="Hits per query to rerank (default: the reranker's own choice, made on dev "
+        "when we trained it, else 20).",
+    )
+    rerank_blend: float | None = Field(
+        None,
         ge=0,
-        description="Weight of the first-stage rank in the reranked order (RRF of both ranks); "
-        "0 orders by the reranker alone.",
+        description="Weight of the first-stage rank in the reranked order (RRF of both ranks; "
+        "0: the reranker alone; default: the reranker's own choice, else 0).",
     )
     rerank_max_length: int | None = Field(
         None, ge=16, description="Tokens per (query, doc) pair (default: the model's)."

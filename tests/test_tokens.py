@@ -24,7 +24,7 @@ BASEBALL = "He swung the bat and hit a home run."
 @pytest.fixture(scope="module")
 def minilm():  # type: ignore[no-untyped-def]
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: see tests/test_pretrain.py
+    torch.set_num_threads(1)  # shared 2-core machine: see tests/test_training_pretrain.py
     yield load_for_tokens("minilm")
     torch.set_num_threads(n)
 

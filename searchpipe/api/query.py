@@ -41,9 +41,9 @@ from searchpipe.stages.write import Write
 log = logging.getLogger("searchpipe")
 
 
-def candidate_depth(s: SearchSettings) -> int:
+def candidate_depth(s: SearchSettings, rerank_depth: int = 0) -> int:
     """Rows each first-stage retriever fetches: ``candidates``, at least ``k`` and the rerank depth."""
-    return max(s.candidates, s.k, s.rerank_depth if s.rerank else 0)
+    return max(s.candidates, s.k, rerank_depth)
 
 
 def first_stage(index: Index, s: SearchSettings, depth: int) -> Stage:
@@ -77,7 +77,18 @@ def query_stages(
     >>> [st.name for st in query_stages(index, SearchSettings(rerank="rr"))]  # doctest: +SKIP
     ['embed', 'fuse', 'rerank', 'cut']
     """
-    first = first_stage(index, s, candidate_depth(s))
+    rerank = None
+    if reranker is not None or s.rerank:
+        rerank = Rerank(
+            reranker if reranker is not None else str(s.rerank),
+            index,
+            depth=s.rerank_depth,
+            precision=s.precision,
+            token_budget=s.rerank_batch_tokens,
+            max_length=s.rerank_max_length,
+            blend=s.rerank_blend,
+        )
+    first = first_stage(index, s, candidate_depth(s, rerank.depth if rerank else 0))
     stages: list[Stage] = []
     if C.EMBEDDING in first.requires:
         built = index.manifest["encoder"]
@@ -90,18 +101,8 @@ def query_stages(
             )
         )
     stages.append(first)
-    if reranker is not None or s.rerank:
-        stages.append(
-            Rerank(
-                reranker if reranker is not None else str(s.rerank),
-                index,
-                depth=s.rerank_depth,
-                precision=s.precision,
-                token_budget=s.rerank_batch_tokens,
-                max_length=s.rerank_max_length,
-                blend=s.rerank_blend,
-            )
-        )
+    if rerank is not None:
+        stages.append(rerank)
     stages.append(Cut(s.k))
     return stages
 

@@ -22,14 +22,16 @@ def _common(f: Any) -> Any:
     options = [
         click.option(
             "--data", required=True, type=click.Path(path_type=Path),
-            help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
+            help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv; with --no-labels any corpus 'index' takes.",
         ),
         click.option(
             "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
             help="Folder for the trained model (work files go to OUTPUT/train/).",
         ),
-        click.option("--split", default="train", show_default=True, help="qrels split to train on (never test)."),
-        click.option("--init", default="minilm", show_default=True, help="Starting weights: 'minilm' or a BERT / sentence-transformers folder."),
+        click.option("--split", default=None, help="qrels split to train on (default train; never test)."),
+        click.option("--no-labels", "no_labels", is_flag=True, default=None, help="No qrels: train on pseudo-queries cut from the corpus (titles, sentences)."),
+        click.option("--max-queries", type=int, default=None, help="Sample at most this many (pseudo-)queries (default 20000)."),
+        click.option("--init", default=None, help="Starting weights: 'minilm' (default) or a BERT / sentence-transformers folder."),
         click.option("--index", default=None, help="An existing hybrid index of the same corpus to mine negatives from (default: build one under OUTPUT/train)."),
         click.option("--epochs", type=float, default=None, help="Training epochs."),
         click.option("--batch-size", type=int, default=None),
@@ -42,6 +44,8 @@ def _common(f: Any) -> Any:
         click.option("--dev-fraction", type=float, default=None, help="Share of the split's queries held out for model selection."),
         click.option("--seed", type=int, default=None),
         click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML with the same settings (flags override it)."),
+        click.option("--resume", is_flag=True, help="Continue the run in OUTPUT (same settings only)."),
+        click.option("--overwrite", is_flag=True, help="Empty OUTPUT first and start over."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON."),
     ]  # fmt: skip
     for option in reversed(options):
@@ -76,6 +80,14 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
         f"{summary['train_queries']} queries in {summary['seconds']:.0f}s; dev nDCG@10 "
         f"{best if best is None else f'{best:.4f}'} ({summary['dev_queries']} held-out queries)"
     )
+    usage = summary.get("usage")
+    if usage is not None:
+        verdict = (
+            f"reranks the top {usage['depth']} with blend {usage['blend']} by default"
+            if usage["rerank"]
+            else "is saved as 'do not rerank': it would make the ranking worse"
+        )
+        click.echo(f"the reranker {verdict}: {usage['reason']}")
 
 
 @click.group("train")
@@ -85,26 +97,32 @@ def train() -> None:
 
 @train.command("reranker")
 @_common
-def reranker_cmd(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+def reranker_cmd(
+    config_file: Path | None, resume: bool, overwrite: bool, as_json: bool, **flags: Any
+) -> None:
     """Fine-tune a cross-encoder on the qrels with hard negatives mined from our hybrid index.
 
     The output folder is a sentence-transformers CrossEncoder: pass it to --rerank.
     """
     from searchpipe.training.train import RerankerTrainConfig, train_reranker
 
-    _report(train_reranker(_config(RerankerTrainConfig, config_file, **flags)), as_json)
+    cfg = _config(RerankerTrainConfig, config_file, **flags)
+    _report(train_reranker(cfg, resume=resume, overwrite=overwrite), as_json)
 
 
 @train.command("embedder")
 @_common
-def embedder_cmd(config_file: Path | None, as_json: bool, **flags: Any) -> None:
+def embedder_cmd(
+    config_file: Path | None, resume: bool, overwrite: bool, as_json: bool, **flags: Any
+) -> None:
     """Fine-tune the bi-encoder contrastively (in-batch + mined hard negatives).
 
     The output folder is a SentenceTransformer model: pass it to `searchpipe index --model`.
     """
     from searchpipe.training.train import EmbedderTrainConfig, train_embedder
 
-    _report(train_embedder(_config(EmbedderTrainConfig, config_file, **flags)), as_json)
+    cfg = _config(EmbedderTrainConfig, config_file, **flags)
+    _report(train_embedder(cfg, resume=resume, overwrite=overwrite), as_json)
 
 
 @click.command("tune")

@@ -9,6 +9,8 @@ callers can report it.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,30 @@ from searchpipe.models.inference import transformer_body
 from searchpipe.models.precision import compute_dtype, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
+
+#: in a reranker folder we trained: how to use it, as measured on its dev slice
+USAGE_FILE = "searchpipe_rerank.json"
+
+
+def rerank_usage(folder: str | Path) -> dict[str, Any] | None:
+    """The usage a reranker folder records (``rerank``, ``depth``, ``blend``, ``max_length`` and
+    the dev figures they were chosen by), or None for a folder that records none.
+
+    >>> rerank_usage("models/reranker")  # doctest: +SKIP
+    {'rerank': True, 'depth': 20, 'blend': 1.0, 'max_length': 256, ...}
+    """
+    path = Path(folder) / USAGE_FILE
+    if not path.is_file():
+        return None
+    try:
+        usage = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(
+            f"{path} cannot be read ({e}); retrain the reranker or delete the file"
+        ) from None
+    if not isinstance(usage, dict) or not isinstance(usage.get("rerank"), bool):
+        raise InputError(f"{path} is not a reranker usage record (no 'rerank': true/false)")
+    return usage
 
 
 class CrossEncoderScorer:
@@ -63,8 +89,17 @@ class CrossEncoderScorer:
         self.token_budget = token_budget
         self.batch_size = batch_size
         self.tokenizer = ce.tokenizer
-        limit = ce.max_seq_length or self.tokenizer.model_max_length or 512
-        self.max_length = min(max_length or limit, limit, 512)
+        # the length the model was saved with (a reranker we train records the length it was
+        # trained at) is the default; an explicit max_length may go up to what the position
+        # embeddings hold, even above the saved tokenizer's model_max_length
+        positions = int(getattr(ce.model.config, "max_position_embeddings", 512) or 512)
+        saved = ce.max_seq_length or self.tokenizer.model_max_length or positions
+        if max_length is not None and max_length > positions:
+            raise InputError(
+                f"rerank max length {max_length} is longer than model {self.ref.name}'s "
+                f"{positions} position embeddings; pass at most {positions}"
+            )
+        self.max_length = max_length or min(saved, positions)
         self.truncated = 0
         self.activation = ce.activation_fn
         # only a lone Transformer module: anything after it would be skipped by the body

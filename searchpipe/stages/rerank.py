@@ -23,13 +23,14 @@ from searchpipe import columns as C
 from searchpipe.arrow import append_column, joined_text
 from searchpipe.errors import InputError
 from searchpipe.index import Index
-from searchpipe.models.crossencoder import CrossEncoderScorer
+from searchpipe.models.crossencoder import CrossEncoderScorer, rerank_usage
 from searchpipe.models.precision import resolve_precision
 from searchpipe.models.resolve import resolve_model
 from searchpipe.stages.base import Stage
 
 log = logging.getLogger(__name__)
 BLEND_RRF_K = 60
+DEFAULT_DEPTH = 20  # hits reranked per query when neither the settings nor the model say
 
 
 def blended(rerank_rank: np.ndarray, first_rank: np.ndarray, blend: float) -> np.ndarray:
@@ -63,26 +64,40 @@ class Rerank(Stage):
         self,
         model: str | CrossEncoderScorer,
         index: Index,
-        depth: int = 20,
+        depth: int | None = None,
         precision: str = "auto",
         token_budget: int = 16384,
         max_length: int | None = None,
-        blend: float = 0.0,
+        blend: float | None = None,
     ) -> None:
-        if blend < 0:
+        if blend is not None and blend < 0:
             raise InputError(f"rerank blend must be >= 0, got {blend}")
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.scorer = model if isinstance(model, CrossEncoderScorer) else None
         self.index = index
-        self.depth = depth
+        ref = self.scorer.ref if self.scorer is not None else resolve_model(self.model_name)
+        # a reranker we trained says how it is best used (chosen on its dev slice); explicit
+        # settings win over it
+        usage = rerank_usage(ref.path) or {}
+        self.usage = usage
+        self.depth = depth if depth is not None else int(usage.get("depth") or DEFAULT_DEPTH)
+        self.blend = blend if blend is not None else float(usage.get("blend") or 0.0)
+        #: the reranker lost to the first stage on dev and nobody asked for it anyway
+        self.skip = usage.get("rerank") is False and depth is None
+        if self.skip:
+            log.warning(
+                "reranker %s did not beat the first stage on its dev slice (%s), so it is not "
+                "applied; pass a rerank depth to rerank anyway",
+                self.model_name,
+                usage.get("reason", "see its searchpipe_rerank.json"),
+            )
         self.precision = precision
         self.token_budget = token_budget
         self.max_length = max_length
-        self.blend = blend
         self.pairs = 0
 
     def open(self) -> None:
-        if self.scorer is None:
+        if self.scorer is None and not self.skip:
             self.scorer = CrossEncoderScorer(
                 self.model_name,
                 precision=self.precision,
@@ -100,6 +115,7 @@ class Rerank(Stage):
             "precision": resolve_precision(self.precision),
             "max_length": self.max_length,
             "blend": self.blend,
+            "skip": self.skip,
         }
 
     @property
@@ -108,6 +124,9 @@ class Rerank(Stage):
 
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         self.open()
+        if self.skip:
+            yield from batches
+            return
         assert self.scorer is not None
         last_query: str | None = None
         for batch in batches:

@@ -301,8 +301,7 @@ def search_section(row: dict[str, Any], rerank: str | None, candidates: int) -> 
     if rerank and row["rerank_depth"] > 0:
         out["rerank"] = str(Path(rerank).resolve()) if Path(rerank).is_dir() else str(rerank)
         out["rerank_depth"] = row["rerank_depth"]
-        if row.get("rerank_blend", 0.0) > 0:
-            out["rerank_blend"] = row["rerank_blend"]
+        out["rerank_blend"] = row.get("rerank_blend", 0.0)  # explicit: it wins over the model's
     return out
 
 

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -79,6 +80,8 @@ class TrainConfig(StrictModel):
     split: str = "train"
     init: str = "minilm"  # starting weights: 'minilm' or a BERT / sentence-transformers folder
     index: str | None = None  # an existing hybrid index of the same corpus to mine from
+    no_labels: bool = False  # pseudo-queries from the corpus itself; no qrels file is read
+    max_queries: int = Field(default=20_000, ge=2)  # sampled cap on (pseudo-)queries per run
     dev_fraction: float = Field(default=0.1, gt=0, lt=1)
     epochs: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=32, ge=2)
@@ -144,6 +147,17 @@ def read_split(data: Path, split: str) -> tuple[pa.Table, dict[str, dict[str, in
             f"(e.g. {sorted(missing)[0]!r})"
         )
     return table, qrels
+
+
+def _sample(
+    qrels: dict[str, dict[str, int]], n: int, seed: int
+) -> dict[str, dict[str, int]]:
+    """At most ``n`` queries of ``qrels``, drawn by a seeded hash (a large split fits a budget)."""
+    if len(qrels) <= n:
+        return qrels
+    ranked = sorted(qrels, key=lambda q: hashlib.sha256(f"sample:{seed}:{q}".encode()).hexdigest())
+    keep = set(ranked[:n])
+    return {q: d for q, d in qrels.items() if q in keep}
 
 
 def dev_split(query_ids: Iterable[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -362,15 +376,34 @@ class Prepared:
         self.cfg = cfg
         self.work = Path(cfg.output) / WORK
         self.work.mkdir(parents=True, exist_ok=True)
-        queries, qrels = read_split(Path(cfg.data), cfg.split)
+        #: per query, the text its positive shows in training, where it is not the document's
+        #: own (a pseudo-query's positive is the document without the query's words)
+        self.shown: dict[str, str] = {}
+        if cfg.no_labels:
+            from searchpipe.stages.ingest import corpus_file
+            from searchpipe.training.pseudo import pseudo_split
+
+            queries, qrels, self.shown = pseudo_split(
+                corpus_file(Path(cfg.data)), cfg.max_queries, cfg.seed
+            )
+            source = f"pseudo-queries of {cfg.data}"
+        else:
+            queries, qrels = read_split(Path(cfg.data), cfg.split)
+            source = f"{cfg.data}/qrels/{cfg.split}.tsv"
+        qrels = _sample(qrels, cfg.max_queries, cfg.seed)
         train_ids, dev_ids = dev_split(qrels, cfg.dev_fraction, cfg.seed)
         if not train_ids or not dev_ids:
             raise InputError(
-                f"{cfg.data}/qrels/{cfg.split}.tsv has {len(qrels)} judged queries; training "
-                "needs at least 2 (one to train on, one for the dev slice)"
+                f"{source} has {len(qrels)} queries; training needs at least 2 (one to train "
+                "on, one for the dev slice)"
             )
         split_file = self.work / "split.json"
-        split = {"split": cfg.split, "seed": cfg.seed, "train": train_ids, "dev": dev_ids}
+        split = {
+            "split": "no-labels" if cfg.no_labels else cfg.split,
+            "seed": cfg.seed,
+            "train": train_ids,
+            "dev": dev_ids,
+        }
         if split_file.is_file() and json.loads(split_file.read_text()) != split:
             raise InputError(
                 f"{split_file} holds another train/dev split (different data, split or seed); "
@@ -415,10 +448,10 @@ class Prepared:
     def positives(self, q: str) -> list[int]:
         return [self.doc_row[d] for d, r in self.qrels[q].items() if r > 0 and d in self.doc_row]
 
-    def examples(self, ids: list[str]) -> list[tuple[str, int, list[int]]]:
-        """(query text, positive row, negative rows) for each judged positive of ``ids``."""
+    def examples(self, ids: list[str]) -> list[tuple[str, str, list[int]]]:
+        """(query text, positive's text, negative rows) for each judged positive of ``ids``."""
         return [
-            (self.query_text[q], p, self.negatives.get(q, []))
+            (self.query_text[q], self.shown.get(q) or self.texts[p], self.negatives.get(q, []))
             for q in ids
             for p in self.positives(q)
         ]
@@ -515,6 +548,7 @@ def _summary(
     cfg: TrainConfig, prep: Prepared, trainer: Any, t0: float, kind: str
 ) -> dict[str, Any]:
     best = trainer.state.best_metric
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     summary = {
         "kind": kind,
         "output": str(cfg.output),
@@ -524,6 +558,7 @@ def _summary(
         "steps": trainer.state.global_step,
         "dev_metric": trainer.args.metric_for_best_model,
         "dev_best": round(float(best), 6) if best is not None else None,
+        "loss": {"first": losses[0], "last": losses[-1]} if losses else None,
         "seconds": round(time.perf_counter() - t0, 1),
         "settings": json.loads(cfg.model_dump_json()),
     }
@@ -531,15 +566,85 @@ def _summary(
     return summary
 
 
-def _check_output(cfg: TrainConfig) -> None:
+SETTINGS_FILE = "settings.json"  # under OUTPUT/train/: the settings the run was started with
+
+
+def _settings_record(cfg: TrainConfig) -> dict[str, Any]:
+    record = json.loads(cfg.model_dump_json())
+    record.pop("progress", None)  # how a run shows itself, not what it computes
+    return record
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def prepare_output(cfg: TrainConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Make ``cfg.output`` ready for a run, never reusing an old run's work silently.
+
+    A fresh or empty folder is started in. A folder holding a run is only continued with
+    ``resume`` and the same settings (a changed setting is named, exit 2), or emptied first
+    with ``overwrite``.
+    """
     out = Path(cfg.output)
     if out.exists() and not out.is_dir():
         raise InputError(f"--output {out} is a file; pass a folder for the trained model")
     if Path(cfg.data).resolve() == out.resolve():
         raise InputError("--output must not be the --data folder")
+    if resume and overwrite:
+        raise InputError("pass either --resume or --overwrite, not both")
+    record_path = out / WORK / SETTINGS_FILE
+    record = _settings_record(cfg)
+    if out.is_dir() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not record_path.is_file():
+            raise InputError(
+                f"--output {out} exists and holds no searchpipe training run; pass a new folder, "
+                "or --overwrite to replace what is there"
+            )
+        else:
+            try:
+                old = json.loads(record_path.read_text())
+            except ValueError:
+                old = {}
+            changed = _differences(old, record)
+            if changed:
+                raise InputError(
+                    f"--output {out} holds a run with other settings ({'; '.join(changed)}); "
+                    "pass a new folder, or --overwrite to start over with the new settings"
+                )
+            if not resume:
+                raise InputError(
+                    f"--output {out} already holds a run with these settings; pass --resume to "
+                    "continue it (or reuse the finished model), or --overwrite to start over"
+                )
+    (out / WORK).mkdir(parents=True, exist_ok=True)
+    record_path.write_text(json.dumps(record, indent=2))
 
 
-def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
+def finished(cfg: TrainConfig) -> bool:
+    """Whether ``cfg.output`` holds a finished run with exactly these settings."""
+    record = Path(cfg.output) / WORK / SETTINGS_FILE
+    done = Path(cfg.output) / "searchpipe_train.json"
+    if not (record.is_file() and done.is_file()):
+        return False
+    try:
+        return not _differences(json.loads(record.read_text()), _settings_record(cfg))
+    except ValueError:
+        return False
+
+
+def train_reranker(
+    cfg: RerankerTrainConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Fine-tune a cross-encoder on ``cfg.split`` with mined hard negatives; save it to
     ``cfg.output`` as a CrossEncoder folder (loadable by ``--rerank``)."""
     import torch
@@ -554,16 +659,16 @@ def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
 
     from searchpipe.models.resolve import resolve_model
 
-    _check_output(cfg)
+    prepare_output(cfg, resume, overwrite)
     _quiet()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     prep = Prepared(cfg)
     pairs: dict[str, list[Any]] = {"query": [], "document": [], "label": []}
-    for query, pos, negs in prep.examples(prep.train_ids):
-        for row, label in [(pos, 1.0), *((n, 0.0) for n in negs)]:
+    for query, positive, negs in prep.examples(prep.train_ids):
+        for text, label in [(positive, 1.0), *((prep.texts[n], 0.0) for n in negs)]:
             pairs["query"].append(query)
-            pairs["document"].append(prep.texts[row])
+            pairs["document"].append(text)
             pairs["label"].append(label)
     if not pairs["query"]:
         raise InputError(f"no training pairs: no judged positive of {cfg.split} is in the corpus")
@@ -613,7 +718,20 @@ def train_reranker(cfg: RerankerTrainConfig) -> dict[str, Any]:
         len(prep.dev_ids),
         steps_per_epoch,
     )
-    return _fit(trainer, model, cfg, prep, t0, "reranker")
+    summary = _fit(trainer, model, cfg, prep, t0, "reranker")
+    from searchpipe.training.usage import choose_usage
+
+    usage = choose_usage(
+        cfg.output,
+        prep.index,
+        prep.work / "dev-queries.jsonl",
+        prep.work / "dev-qrels.tsv",
+        max_length=cfg.max_length,
+    )
+    summary["usage"] = {k: v for k, v in usage.items() if k != "table"}
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    (Path(cfg.output) / "searchpipe_train.json").write_text(json.dumps(summary, indent=2))
+    return summary
 
 
 def _fit(trainer: Any, model: Any, cfg: Any, prep: Any, t0: float, kind: str) -> dict[str, Any]:
@@ -628,7 +746,9 @@ def _fit(trainer: Any, model: Any, cfg: Any, prep: Any, t0: float, kind: str) ->
     return _summary(cfg, prep, trainer, t0, kind)
 
 
-def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
+def train_embedder(
+    cfg: EmbedderTrainConfig, resume: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Fine-tune a bi-encoder contrastively (in-batch + mined hard negatives, no duplicate
     texts in a batch); save it to ``cfg.output`` as a SentenceTransformer folder."""
     import torch
@@ -644,7 +764,7 @@ def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
 
     from searchpipe.models.resolve import resolve_model
 
-    _check_output(cfg)
+    prepare_output(cfg, resume, overwrite)
     _quiet()
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -653,11 +773,11 @@ def train_embedder(cfg: EmbedderTrainConfig) -> dict[str, Any]:
     columns: dict[str, list[str]] = {"anchor": [], "positive": []}
     for i in range(n_neg):
         columns[f"negative_{i + 1}"] = []
-    for query, pos, negs in prep.examples(prep.train_ids):
+    for query, positive, negs in prep.examples(prep.train_ids):
         if len(negs) < n_neg:  # every row needs the same number of columns
             continue
         columns["anchor"].append(query)
-        columns["positive"].append(prep.texts[pos])
+        columns["positive"].append(positive)
         for i, n in enumerate(negs[:n_neg]):
             columns[f"negative_{i + 1}"].append(prep.texts[n])
     if not columns["anchor"]:

@@ -281,3 +281,108 @@ def test_cli_train_refuses_test_split_and_unknown_keys(tiny, tmp_path: Path) -> 
         ],
     )
     assert result.exit_code == 2 and "unknown key 'learning_rate'" in result.output
+
+
+def test_reranker_loss_falls_and_its_folder_records_length_and_usage(
+    tiny, tmp_path: Path, no_test_qrels: list[str]
+) -> None:
+    from searchpipe.models.crossencoder import CrossEncoderScorer, rerank_usage
+    from searchpipe.training.train import train_reranker
+
+    data, _ = tiny
+    out = tmp_path / "reranker"
+    summary = train_reranker(
+        RerankerTrainConfig(
+            data=data, output=out, index="tiny", max_steps=16, batch_size=8, max_length=48,
+            lr=1e-4, eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=2),
+            progress=False,
+        )
+    )  # fmt: skip
+    assert summary["loss"]["last"] < summary["loss"]["first"]
+    assert CrossEncoderScorer(str(out)).max_length == 48  # inference uses the trained length
+    assert CrossEncoderScorer(str(out), max_length=300).max_length == 300  # not capped at 48
+    usage = rerank_usage(out)
+    assert usage is not None and usage["max_length"] == 48
+    assert isinstance(usage["rerank"], bool) and usage["depth"] in (10, 20, 50)
+    assert usage["blend"] >= 0 and "first_stage" in usage and usage["table"]
+    assert summary["usage"]["rerank"] == usage["rerank"]
+    assert not any("test" in Path(p).name for p in no_test_qrels)
+
+
+def test_a_reranker_that_loses_on_dev_is_saved_as_do_not_rerank(
+    tiny, tmp_path: Path, cross_encoder_dir: Path
+) -> None:
+    """An untrained head against a first stage that already finds every dev positive."""
+    import shutil
+
+    from searchpipe.index.store import Index
+    from searchpipe.models.crossencoder import rerank_usage
+    from searchpipe.training.usage import choose_usage
+
+    data, root = tiny
+    folder = tmp_path / "untrained"
+    shutil.copytree(cross_encoder_dir, folder)
+    qrels = tmp_path / "dev-qrels.tsv"
+    qrels.write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"q{i:02d}\td{i + 1:03d}\t1\n" for i in range(8))
+    )
+    index = Index.open("tiny", root / "indexes")
+    usage = choose_usage(folder, index, data / "queries.jsonl", qrels, max_length=64)
+    assert usage["first_stage"]["ndcg@10"] > 0.9
+    assert usage["rerank"] is False and "no reranked order beat" in usage["reason"]
+    assert rerank_usage(folder)["rerank"] is False
+
+
+def test_a_rerun_with_other_settings_exits_2_and_names_them(tiny, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from searchpipe.cli import main
+
+    data, _ = tiny
+    runner = CliRunner()
+    base = [
+        "train", "embedder", "--data", str(data), "--output", str(tmp_path / "o"),
+        "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--negatives", "1",
+        "--depth", "5",
+    ]  # fmt: skip
+    assert runner.invoke(main, base).exit_code == 0
+    changed = runner.invoke(main, [*base, "--lr", "1e-4"])
+    assert changed.exit_code == 2 and "lr: 2e-05 -> 0.0001" in changed.output
+    again = runner.invoke(main, base)
+    assert again.exit_code == 2 and "--resume" in again.output
+    assert runner.invoke(main, [*base, "--resume"]).exit_code == 0
+    assert runner.invoke(main, [*base, "--lr", "1e-4", "--overwrite"]).exit_code == 0
+
+
+def test_no_labels_trains_on_pseudo_queries_and_reads_no_qrels(
+    tmp_path: Path, no_test_qrels: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from searchpipe.training.pseudo import pseudo_split
+    from searchpipe.training.train import train_embedder
+
+    corpus = tmp_path / "docs" / "corpus.jsonl"  # a bare corpus: no queries, no qrels
+    corpus.parent.mkdir()
+    corpus.write_text("".join(SAMPLE.read_text().splitlines(keepends=True)[:40]))
+    monkeypatch.setenv("SEARCHPIPE_HOME", str(tmp_path))
+    queries, qrels, shown = pseudo_split(corpus, 100, seed=0)
+    assert queries.num_rows == len(qrels) >= 30
+    docs = {json.loads(line)["_id"]: json.loads(line) for line in corpus.read_text().splitlines()}
+    for qid, text in zip(
+        queries.column("query_id").to_pylist(), queries.column("text").to_pylist(), strict=True
+    ):
+        doc = docs[qid.removeprefix("pseudo-")]
+        if text == doc["title"]:  # asked by its title: shown without it
+            assert shown[qid] == doc["text"]
+        else:  # Inverse Cloze Task: the sentence is cut out of the positive
+            assert text in doc["text"] and text not in shown[qid]
+    summary = train_embedder(
+        EmbedderTrainConfig(
+            data=corpus.parent, output=tmp_path / "emb", no_labels=True, max_steps=2,
+            batch_size=4, max_length=32, eval_queries=2, eval_depth=3,
+            mining=MiningConfig(depth=5, negatives=1), progress=False,
+        )
+    )  # fmt: skip
+    assert summary["steps"] == 2 and summary["train_queries"] + summary["dev_queries"] >= 30
+    assert no_test_qrels == []
+    split = json.loads((tmp_path / "emb" / "train" / "split.json").read_text())
+    assert split["split"] == "no-labels"

@@ -134,3 +134,56 @@ def test_top_level_api_names_import() -> None:
         callable(ev.evaluate) and callable(searchpipe.build_index) and callable(searchpipe.Searcher)
     )
     assert all(hasattr(searchpipe, name) for name in searchpipe.__all__)
+
+
+def _usage_copy(src: Path, dst: Path, usage: dict) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / "searchpipe_rerank.json").write_text(json.dumps(usage))
+    return dst
+
+
+def test_rerank_applies_the_blend_and_depth_its_folder_records(
+    sample_index, cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    """Brute-force oracle: RRF of the two ranks, 1/(60 + rerank rank) + 2/(60 + first rank)."""
+    folder = _usage_copy(
+        cross_encoder_dir, tmp_path / "rr", {"rerank": True, "depth": 6, "blend": 2.0}
+    )
+    searcher = Searcher(sample_index, retriever="dense")
+    queries = pa.table({C.QUERY_ID: ["q1", "q2"], C.TEXT: ["onions and tears", "red planet"]})
+    hits = searcher.search_batch(queries, k=10)
+    stage = Rerank(str(folder), sample_index, precision="fp32")
+    assert (stage.depth, stage.blend, stage.skip) == (6, 2.0, False)
+    out = pa.Table.from_batches(list(stage(hits.to_batches())))
+    for qid in ("q1", "q2"):
+        rows = out.filter(pa.compute.equal(out.column(C.QUERY_ID), qid)).to_pylist()
+        head = [r for r in rows if r[C.FIRST_STAGE_RANK] <= 6]
+        by_score = sorted(head, key=lambda r: (-r[C.RERANK_SCORE], r[C.FIRST_STAGE_RANK]))
+        fused = {
+            r[C.DOC_ROW]: 1 / (60 + i + 1) + 2.0 / (60 + r[C.FIRST_STAGE_RANK])
+            for i, r in enumerate(by_score)
+        }
+        expected = sorted(head, key=lambda r: (-fused[r[C.DOC_ROW]], r[C.FIRST_STAGE_RANK]))
+        assert [r[C.DOC_ROW] for r in rows[:6]] == [r[C.DOC_ROW] for r in expected]
+        assert [r[C.FIRST_STAGE_RANK] for r in rows[6:]] == list(range(7, 11))
+    # an explicit setting wins over the folder's
+    assert Rerank(str(folder), sample_index, depth=3, blend=0.0).depth == 3
+
+
+def test_a_reranker_saved_as_do_not_rerank_leaves_the_order_alone(
+    sample_index, cross_encoder_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = _usage_copy(
+        cross_encoder_dir, tmp_path / "bad", {"rerank": False, "depth": 20, "blend": 0.0}
+    )
+    searcher = Searcher(sample_index, retriever="dense")
+    queries = pa.table({C.QUERY_ID: ["q1"], C.TEXT: ["onions and tears"]})
+    hits = searcher.search_batch(queries, k=10)
+    stage = Rerank(str(folder), sample_index)
+    assert stage.skip and "did not beat the first stage" in caplog.text
+    out = pa.Table.from_batches(list(stage(hits.to_batches())))
+    assert out.equals(hits)
+    assert not Rerank(str(folder), sample_index, depth=5).skip  # asked for explicitly

@@ -1,0 +1,95 @@
+"""How a trained reranker is best used, measured on its dev slice and saved in its folder.
+
+After training, the reranker is measured on the dev queries held out of its train split,
+against the first stage it was mined from (the index it will serve, with default search
+settings):
+
+- the first stage alone;
+- the reranker alone over the top 10, 20 and 50;
+- blends of the two orders (weighted RRF of the reranker rank and the first-stage rank).
+
+The best is written to ``searchpipe_rerank.json`` in the model folder, which the ``Rerank``
+stage applies by default. If no reranked order beats the first stage on dev, the record says
+``"rerank": false``: the stage then leaves the first-stage order alone (and says so), so a
+reranker that makes things worse is never applied without the user being told.
+
+>>> choose_usage("models/reranker", index, "dev-queries.jsonl", "dev-qrels.tsv")  # doctest: +SKIP
+{'rerank': True, 'depth': 20, 'blend': 1.0, ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from searchpipe.models.crossencoder import USAGE_FILE
+
+log = logging.getLogger("searchpipe")
+
+DEPTHS = (10, 20, 50)
+BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: the reranker alone
+MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
+METRIC = "ndcg@10"
+
+
+def choose_usage(
+    model_dir: str | Path,
+    index: Any,
+    queries: str | Path,
+    qrels: str | Path,
+    max_length: int | None = None,
+    depths: tuple[int, ...] = DEPTHS,
+    blends: tuple[float, ...] = BLENDS,
+    min_gain: float = MIN_GAIN,
+) -> dict[str, Any]:
+    """Measure the reranker in ``model_dir`` on dev, save and return its usage record."""
+    from searchpipe.training.sweep import sweep
+
+    kind = "hybrid" if "bm25" in index.manifest else "dense"
+    result = sweep(
+        index, queries, qrels, rerank=str(model_dir), retrievers=(kind,), rrf_ks=(60,),
+        weights=((1.0, 1.0),), depths=(0, *depths), blends=blends, rerank_top=1,
+    )  # fmt: skip
+    rows = result["rows"]
+    first = next(r for r in rows if r["rerank_depth"] == 0)
+    reranked = [r for r in rows if r["rerank_depth"] > 0]
+    best = max(reranked, key=lambda r: (round(r[METRIC], 6), -r["rerank_depth"]))
+    alone = {str(r["rerank_depth"]): r[METRIC] for r in reranked if r["rerank_blend"] == 0.0}
+    gain = best[METRIC] - first[METRIC]
+    usage: dict[str, Any] = {
+        "rerank": gain > min_gain,
+        "depth": best["rerank_depth"],
+        "blend": best["rerank_blend"],
+        "max_length": max_length,
+        "metric": METRIC,
+        "dev_queries": result["queries"],
+        "first_stage": {"retriever": kind, METRIC: round(first[METRIC], 4)},
+        "reranker_alone": {d: round(v, 4) for d, v in alone.items()},
+        "best": {
+            "depth": best["rerank_depth"],
+            "blend": best["rerank_blend"],
+            METRIC: round(best[METRIC], 4),
+        },
+    }
+    if usage["rerank"]:
+        usage["reason"] = (
+            f"on {result['queries']} dev queries, depth {best['rerank_depth']} blend "
+            f"{best['rerank_blend']} scores {best[METRIC]:.4f} against the first stage's "
+            f"{first[METRIC]:.4f}"
+        )
+    else:
+        usage["reason"] = (
+            f"on {result['queries']} dev queries no reranked order beat the first stage by more "
+            f"than {min_gain} {METRIC} (best {best[METRIC]:.4f} at depth {best['rerank_depth']}, "
+            f"blend {best['rerank_blend']}; first stage {first[METRIC]:.4f})"
+        )
+    usage["table"] = [
+        {k: r[k] for k in ("rerank_depth", "rerank_blend", METRIC, "recall@100", "ms")}
+        for r in rows
+    ]
+    path = Path(model_dir) / USAGE_FILE
+    path.write_text(json.dumps(usage, indent=2))
+    log.info("reranker usage: %s", usage["reason"])
+    return usage
