@@ -1,21 +1,26 @@
-"""Retrieval quality on a BEIR dataset: BM25, dense, hybrid, + our reranker, full cascade.
+"""Retrieval quality on a BEIR dataset: zero-shot, our trained models, and label-free training.
 
     python benchmarks/beir_quality.py BEIR_DIR [--json] [--work DIR]
 
-Builds the MiniLM index (dense + BM25) of the corpus, trains our reranker and embedder on
-the ``train`` split (reused when the work folder already holds them), indexes the corpus
-again with our embedder, picks fusion and rerank settings on the dev slice held out of
-``train`` (``searchpipe tune``'s code), and evaluates on ``test``:
+Builds the MiniLM index (dense + BM25) of the corpus, trains our models with their default
+recipes (``searchpipe train ...`` with no options), and evaluates every system on ``test``
+through the real query path (``searchpipe.api.search``). Every choice is made on the dev
+slice held out of ``train`` (or, label-free, on held-out pseudo-queries); nothing reads the
+test qrels before evaluation.
 
-    bm25             BM25 alone
-    dense            MiniLM dense alone
-    hybrid           MiniLM dense + BM25, default RRF (k=60)
-    hybrid+reranker  hybrid, top-``depth`` re-scored by our reranker
-    cascade          our embedder + BM25 (tuned fusion), top-``depth`` re-scored by our reranker
+    bm25                 BM25 alone
+    dense                MiniLM dense alone
+    hybrid               MiniLM dense + BM25, default RRF (k=60)
+    hybrid+reranker      hybrid, reranked as our reranker's folder says (depth and blend
+                         chosen on dev when it was trained; or not at all)
+    ours                 our embedder + BM25, fusion chosen on dev
+    cascade              ours, reranked by our reranker (depth and blend chosen on dev for
+                         this first stage)
+    label-free           our label-free embedder (trained on pseudo-queries, no qrels) + BM25
+    label-free+reranker  hybrid, reranked as our label-free reranker's folder says
 
-nDCG@10 and Recall@100 come from the batch runs; p50 latency is the median wall time of
-``Searcher.search`` on single queries (``--latency-queries`` of them), i.e. the real
-query path with every model already loaded. Nothing reads the test qrels before evaluation.
+Training runs into fresh folders under the work folder; a re-run reuses a finished model only
+when its recorded settings equal today's, and refuses (exit 2) when they differ.
 """
 
 from __future__ import annotations
@@ -34,52 +39,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 log = logging.getLogger("searchpipe")
-SYSTEMS = ("bm25", "dense", "hybrid", "hybrid+reranker", "cascade")
+SYSTEMS = (
+    "bm25", "dense", "hybrid", "hybrid+reranker", "ours", "cascade", "label-free",
+    "label-free+reranker",
+)  # fmt: skip
+METRICS = ("ndcg@10", "recall@100")
 
 
-def _train(kind: str, data: Path, out: Path, index: str, args: argparse.Namespace) -> Path:
-    from searchpipe.training.train import (
-        EmbedderTrainConfig,
-        MiningConfig,
-        RerankerTrainConfig,
-        train_embedder,
-        train_reranker,
-    )
+def train(kind: str, cfg: Any) -> dict[str, Any]:
+    """Train with ``cfg`` (or reuse a finished run with the very same settings)."""
+    from searchpipe.training.train import finished, train_embedder, train_reranker
 
-    if (out / "searchpipe_train.json").is_file():
-        log.info("%s: reusing %s", kind, out)
-        return out
-    t0 = time.perf_counter()
-    if kind == "reranker":
-        summary = train_reranker(
-            RerankerTrainConfig(
-                data=data, output=out, index=index, epochs=args.reranker_epochs,
-                max_length=args.max_length, eval_queries=args.eval_queries, eval_depth=10,
-                max_steps=args.reranker_steps, batch_size=args.reranker_batch_size,
-                lr=args.reranker_lr,
-                mining=MiningConfig(negatives=args.reranker_negatives),
-            )
-        )  # fmt: skip
-    else:
-        summary = train_embedder(
-            EmbedderTrainConfig(
-                data=data, output=out, index=index, epochs=args.embedder_epochs,
-                max_length=args.max_length, eval_queries=args.eval_queries,
-                max_steps=args.embedder_steps, batch_size=args.embedder_batch_size,
-            )
-        )  # fmt: skip
+    done = Path(cfg.output) / "searchpipe_train.json"
+    if finished(cfg):
+        log.info("%s: reusing %s (same settings)", kind, cfg.output)
+        return json.loads(done.read_text())
+    run = train_reranker if kind == "reranker" else train_embedder
+    summary = run(cfg, resume=True)
     log.info(
-        "%s trained in %.0fs (dev nDCG@10 %s)", kind, time.perf_counter() - t0, summary["dev_best"]
+        "%s trained in %.0fs (dev nDCG@10 %s)", cfg.output, summary["seconds"], summary["dev_best"]
     )
-    return out
+    return summary
 
 
-def _p50(searcher: Any, texts: list[str], k: int) -> float:
-    searcher.search(texts[0], k=k)  # warm-up
+def p50_ms(searcher: Any, texts: list[str]) -> float:
+    searcher.search(texts[0])  # warm-up
     times = []
     for text in texts:
         t0 = time.perf_counter()
-        searcher.search(text, k=k)
+        searcher.search(text)
         times.append(1000 * (time.perf_counter() - t0))
     return round(statistics.median(times), 1)
 
@@ -93,30 +81,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--work", type=Path, default=None, help="work folder (default: ./beir-work/NAME)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--depth", type=int, default=20, help="rerank depth")
-    parser.add_argument("--tune-depth", action="store_true", help="choose the depth on dev")
-    parser.add_argument("--latency-queries", type=int, default=30)
-    parser.add_argument("--reranker-epochs", type=float, default=1.0)
-    parser.add_argument("--reranker-steps", type=int, default=-1, help="cap on optimiser steps")
-    parser.add_argument("--reranker-batch-size", type=int, default=16)
-    parser.add_argument("--reranker-lr", type=float, default=5e-5)
-    parser.add_argument("--embedder-steps", type=int, default=-1, help="cap on optimiser steps")
-    parser.add_argument("--embedder-batch-size", type=int, default=16)
+    parser.add_argument("--latency-queries", type=int, default=20)
     parser.add_argument(
-        "--only",
-        choices=("reranker", "embedder"),
-        default=None,
-        help="only train this model (to train both in parallel), then stop",
-    )
-    parser.add_argument("--reranker-negatives", type=int, default=3)
-    parser.add_argument("--embedder-epochs", type=float, default=1.0)
-    parser.add_argument("--max-length", type=int, default=128, help="tokens per training input")
-    parser.add_argument(
-        "--eval-queries", type=int, default=50, help="dev queries for model selection"
+        "--systems", default=",".join(SYSTEMS), help="comma-separated subset of the systems"
     )
     args = parser.parse_args(argv)
-
-    data: Path = args.data.resolve()
+    wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SYSTEMS))
+    if unknown:
+        parser.error(f"unknown systems {unknown}; choose from {', '.join(SYSTEMS)}")
+    data = args.data.resolve()
     name = "".join(c if c.isalnum() or c in "-_." else "-" for c in data.name).lstrip(".") or "beir"
     work = (args.work or Path("beir-work") / name).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -126,146 +100,140 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     log.setLevel(logging.INFO)
 
-    from searchpipe.api import Searcher, build_index
+    from searchpipe.api import Searcher, build_index, search
+    from searchpipe.config import SearchSettings
     from searchpipe.eval.metrics import evaluate
-    from searchpipe.eval.runs import read_qrels
     from searchpipe.stages.ingest import read_queries
-    from searchpipe.training.sweep import (
-        FirstStage,
-        PairCache,
-        as_run,
-        format_table,
-        reranked,
-        sweep,
-    )
+    from searchpipe.training.sweep import sweep
+    from searchpipe.training.train import EmbedderTrainConfig, RerankerTrainConfig
 
     t_all = time.perf_counter()
-    base = build_index(corpus=data, name=name)
-    if args.only:
-        _train(args.only, data, work / "models" / args.only, name, args)
-        return {}
-    reranker = _train("reranker", data, work / "models" / "reranker", name, args)
-    embedder = _train("embedder", data, work / "models" / "embedder", name, args)
-    tuned_index = build_index(corpus=data, name=f"{name}-ours", model=str(embedder))
-    dev = reranker / "train"
-    # settings chosen on the dev slice held out of train (never on test): the cascade's fusion,
-    # and for both reranked systems how much of the first-stage order to keep (blend)
-    from searchpipe.models.crossencoder import CrossEncoderScorer
+    models = work / "models"
+    build_index(corpus=data, name=name)
 
-    scorer = CrossEncoderScorer(str(reranker))
-    cache = PairCache(scorer, base, {})  # both indexes hold the same doc rows
-    assert base.docs.column("doc_id").equals(tuned_index.docs.column("doc_id"))
-    blends = (0.0, 0.5, 1.0, 2.0, 4.0)
-    choice: dict[str, dict[str, Any]] = {}
-    dev_tables: dict[str, str] = {}
-    for system, index, grid in (
-        ("hybrid+reranker", base, {"rrf_ks": (60,), "weights": ((1.0, 1.0),)}),
-        ("cascade", tuned_index, {}),
-    ):
-        result = sweep(
-            index, dev / "dev-queries.jsonl", dev / "dev-qrels.tsv", rerank=str(reranker),
-            depths=(args.depth,), retrievers=("hybrid",), rerank_top=1, blends=blends,
-            cache=cache, **grid,
-        )  # fmt: skip
-        choice[system] = max(
-            (r for r in result["rows"] if r["rerank_depth"] > 0), key=lambda r: r["ndcg@10"]
-        )
-        dev_tables[system] = format_table(result["rows"], choice[system])
-        log.info("%s, on dev:\n%s", system, dev_tables[system])
-
-    qrels = read_qrels(data / "qrels" / "test.tsv")
+    # the test queries; their qrels are read only to score a finished run
+    judged_path = data / "qrels" / "test.tsv"
     queries = read_queries(data)
-    queries = queries.filter([q in qrels for q in queries.column("query_id").to_pylist()])
-    query_text = dict(
-        zip(queries.column("query_id").to_pylist(), queries.column("text").to_pylist(), strict=True)
-    )
-    doc_ids = base.docs.column("doc_id").to_pylist()
-    assert doc_ids == tuned_index.docs.column("doc_id").to_pylist()
+    from searchpipe.eval.runs import read_qrels
 
-    cache.query_text.update(query_text)
-    first_base = FirstStage(base, queries, 100)
-    first_ours = FirstStage(tuned_index, queries, 100)
-    metrics = ("ndcg@10", "recall@100")
-    runs = {
-        "bm25": first_base.run("bm25")[0],
-        "dense": first_base.run("dense")[0],
-        "hybrid": first_base.run("hybrid")[0],
-    }
-    for system, first in (("hybrid+reranker", first_base), ("cascade", first_ours)):
-        c = choice[system]
-        ranked = first.run(
-            "hybrid",
-            c.get("fusion", "rrf"),
-            c.get("rrf_k", 60),
-            (c.get("dense_weight", 1.0), c.get("bm25_weight", 1.0)),
-        )[0]
-        runs[system] = reranked(ranked, cache, c["rerank_depth"], c["rerank_blend"])
-    c = choice["cascade"]
-    first_stage_only = {  # for the record: each reranked system's first stage alone
-        "hybrid": runs["hybrid"],
-        "cascade": first_ours.run(
-            "hybrid",
-            c.get("fusion", "rrf"),
-            c.get("rrf_k", 60),
-            (c.get("dense_weight", 1.0), c.get("bm25_weight", 1.0)),
-        )[0],
-        "ours-dense": first_ours.run("dense")[0],
-    }
-    table: dict[str, dict[str, float]] = {}
-    texts = list(query_text.values())[: args.latency_queries]
-    searchers = {
-        "bm25": Searcher(base, retriever="bm25", k=100),
-        "dense": Searcher(base, retriever="dense", k=100),
-        "hybrid": Searcher(base, retriever="hybrid", k=100),
-    }
-    for system in ("hybrid+reranker", "cascade"):
-        c = choice[system]
-        idx = base if system == "hybrid+reranker" else tuned_index
-        searchers[system] = Searcher(
-            idx,
-            reranker=scorer,  # one loaded reranker for both systems
-            k=100,
-            retriever="hybrid",
-            fusion=c.get("fusion", "rrf"),
-            rrf_k=c.get("rrf_k", 60),
-            dense_weight=c.get("dense_weight", 1.0),
-            bm25_weight=c.get("bm25_weight", 1.0),
-            rerank_depth=c["rerank_depth"],
-            rerank_blend=c["rerank_blend"],
+    judged = read_qrels(judged_path)
+    queries = queries.filter([q in judged for q in queries.column("query_id").to_pylist()])
+    test_queries = work / "test-queries.jsonl"
+    ids, texts_all = queries.column("query_id").to_pylist(), queries.column("text").to_pylist()
+    test_queries.write_text(
+        "".join(
+            json.dumps({"_id": q, "text": t}) + "\n" for q, t in zip(ids, texts_all, strict=True)
         )
-    for system in SYSTEMS:
-        res = evaluate(as_run(runs[system], doc_ids), qrels, metrics)
-        table[system] = {
-            "ndcg@10": round(res["ndcg@10"], 4),
-            "recall@100": round(res["recall@100"], 4),
-            "p50_ms": _p50(searchers[system], texts, 100),
-        }
-    info = {
-        "queries": len(qrels),
-        "settings": {
-            s: {k: v for k, v in choice[s].items() if k not in ("ndcg@10", "recall@100", "ms")}
-            for s in choice
-        },
-        "seconds": round(time.perf_counter() - t_all, 1),
-        "dev_tables": dev_tables,
-        "first_stage": {
-            k: evaluate(as_run(v, doc_ids), qrels, metrics) for k, v in first_stage_only.items()
-        },
-        "rerank_pairs_scored": cache.pairs,
-        "rerank_ms_per_pair": round(cache.ms_per_pair, 2),
-    }
-    if args.json:
-        print(json.dumps(table))
-    else:
-        print(f"{'system':<16} {'nDCG@10':>8} {'R@100':>8} {'p50 ms':>8}")
-        for system, row in table.items():
-            print(
-                f"{system:<16} {row['ndcg@10']:>8.4f} {row['recall@100']:>8.4f} {row['p50_ms']:>8.1f}"
+    )
+    texts = texts_all[: args.latency_queries]
+    table: dict[str, dict[str, Any]] = {}
+    trained: dict[str, dict[str, Any]] = {}
+    chosen: dict[str, dict[str, Any]] = {}
+
+    def report() -> dict[str, Any]:
+        info = {
+            "queries": len(judged),
+            "seconds": round(time.perf_counter() - t_all, 1),
+            "settings": chosen,
+            "training": {
+                k: {
+                    key: v.get(key)
+                    for key in (
+                        "seconds", "train_seconds", "steps", "train_rows", "rows_per_second",
+                        "pairs_per_second", "dev_best", "budget", "usage",
+                    )
+                }
+                for k, v in trained.items()
+            },
+        }  # fmt: skip
+        out = {"table": table, **info}
+        (work / "beir_quality.json").write_text(json.dumps(out, indent=2))
+        return out
+
+    def run(system: str, index: str, s: SearchSettings) -> None:
+        s = s.model_copy(update={"k": 100})
+        chosen[system] = {"index": index, **s.model_dump(exclude_none=True)}
+        out = work / "runs" / f"test-{system}.arrow"
+        summary = search(
+            index=index, queries=test_queries, output=out, **s.model_dump(exclude_none=True)
+        )
+        row: dict[str, Any] = {m: round(evaluate(out, judged, METRICS)[m], 4) for m in METRICS}
+        if s.rerank:
+            # the reranker's own contribution: the same first stage without it
+            first = s.model_copy(
+                update={"rerank": None, "rerank_depth": None, "rerank_blend": None}
             )
-        print(
-            f"({info['queries']} test queries; settings chosen on dev: {json.dumps(info['settings'])})"
+            first_out = work / "runs" / f"test-{system}-first-stage.arrow"
+            search(
+                index=index,
+                queries=test_queries,
+                output=first_out,
+                **first.model_dump(exclude_none=True),
+            )
+            row["first_stage_ndcg@10"] = round(evaluate(first_out, judged, METRICS)["ndcg@10"], 4)
+            row["reranked_pairs"] = summary.get("reranked_pairs")
+            row["truncated_pairs"] = summary.get("truncated_pairs")
+        row["p50_ms"] = p50_ms(Searcher(index, s.model_copy(update={"k": 10})), texts)
+        table[system] = row
+        log.info("%s: %s", system, row)
+        report()
+
+    def dev_files(model: Path) -> tuple[Path, Path]:
+        return model / "train" / "dev-queries.jsonl", model / "train" / "dev-qrels.tsv"
+
+    for system, retriever in (("bm25", "bm25"), ("dense", "dense"), ("hybrid", "hybrid")):
+        if system in wanted:
+            run(system, name, SearchSettings(retriever=retriever))
+    if {"hybrid+reranker", "cascade"} & set(wanted):
+        rr = models / "reranker"
+        trained["reranker"] = train(
+            "reranker", RerankerTrainConfig(data=data, output=rr, index=name)
         )
-    (work / "beir_quality.json").write_text(json.dumps({"table": table, **info}, indent=2))
+        if "hybrid+reranker" in wanted:
+            run("hybrid+reranker", name, SearchSettings(rerank=str(rr)))  # as its folder says
+    if {"ours", "cascade"} & set(wanted):
+        emb = models / "embedder"
+        trained["embedder"] = train(
+            "embedder", EmbedderTrainConfig(data=data, output=emb, index=name)
+        )
+        build_index(corpus=data, name=f"{name}-ours", model=str(emb))
+        fusion = sweep(f"{name}-ours", *dev_files(emb))["search"]  # first stage chosen on dev
+        run("ours", f"{name}-ours", SearchSettings(**fusion))
+        if "cascade" in wanted:
+            cascade = sweep(
+                f"{name}-ours", *dev_files(models / "reranker"), rerank=str(models / "reranker"),
+                depths=(10, 20, 50), rerank_top=1,
+            )["search"]  # fmt: skip
+            run("cascade", f"{name}-ours", SearchSettings(**cascade))
+    if "label-free" in wanted:
+        lf = models / "label-free-embedder"
+        trained["label-free embedder"] = train(
+            "embedder", EmbedderTrainConfig(data=data, output=lf, index=name, no_labels=True)
+        )
+        build_index(corpus=data, name=f"{name}-label-free", model=str(lf))
+        run("label-free", f"{name}-label-free", SearchSettings())
+    if "label-free+reranker" in wanted:
+        lfr = models / "label-free-reranker"
+        trained["label-free reranker"] = train(
+            "reranker", RerankerTrainConfig(data=data, output=lfr, index=name, no_labels=True)
+        )
+        run("label-free+reranker", name, SearchSettings(rerank=str(lfr)))
+
+    out = report()
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{'system':<20} {'nDCG@10':>8} {'R@100':>8} {'1st stage':>10} {'p50 ms':>8}")
+        for system, row in table.items():
+            first = row.get("first_stage_ndcg@10")
+            print(
+                f"{system:<20} {row['ndcg@10']:>8.4f} {row['recall@100']:>8.4f} "
+                f"{first if first is not None else '':>10} {row['p50_ms']:>8.1f}"
+            )
+        for k, v in out["training"].items():
+            print(
+                f"trained {k}: {v['seconds']:.0f}s, {v['steps']} steps, dev nDCG@10 {v['dev_best']}"
+            )
     return table
 
 

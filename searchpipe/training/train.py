@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -89,7 +89,7 @@ class TrainConfig(StrictModel):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=256, ge=8)
     max_steps: int = -1  # > 0: stop after this many optimiser steps (tests, smoke runs)
-    eval_queries: int = Field(default=200, ge=1)  # cap on dev queries used for model selection
+    eval_queries: int = Field(default=1000, ge=1)  # cap on dev queries used for model selection
     eval_depth: int = Field(default=20, ge=1)  # first-stage candidates re-scored per dev query
     precision: str = "auto"
     seed: int = 42
@@ -98,16 +98,34 @@ class TrainConfig(StrictModel):
 
 
 class RerankerTrainConfig(TrainConfig):
-    """Cross-encoder: binary cross-entropy on (query, doc) pairs, positives up-weighted."""
+    """Cross-encoder on (query, positive, hard negatives) groups.
 
-    lr: float = Field(default=3e-5, gt=0)
-    batch_size: int = Field(default=32, ge=2)
+    ``loss="listwise"``: softmax cross-entropy of each positive against its mined negatives
+    and ``random_negatives`` documents of other queries in the batch (localized contrastive
+    estimation; ``batch_size`` counts groups). ``loss="bce"``: binary cross-entropy on single
+    pairs (``batch_size`` counts pairs), positives up-weighted by the number of negatives.
+    ``head="pooler-identity"`` starts the BERT pooler as the identity and the classifier at
+    zero, instead of both at random.
+    """
+
+    lr: float = Field(default=5e-5, gt=0)
+    batch_size: int = Field(default=4, ge=2)  # groups of 1 + negatives + random_negatives pairs
+    epochs: float = Field(default=3.0, gt=0)
+    max_length: int = Field(default=192, ge=8)
+    loss: Literal["listwise", "bce"] = "listwise"
+    random_negatives: int = Field(default=1, ge=0)  # per positive, besides the mined ones
+    head: Literal["random", "pooler-identity"] = "random"
+    evals_per_epoch: int = Field(default=3, ge=1)  # dev evaluations (and checkpoints) per epoch
+    #: minutes of training the step count is cut to, from a throughput measured on this
+    #: machine before training (0: no cap); epochs stay the plan when they fit
+    time_budget: float = Field(default=30.0, ge=0)
 
 
 class EmbedderTrainConfig(TrainConfig):
     """Bi-encoder: multiple-negatives ranking loss (in-batch + mined hard negatives)."""
 
     mining: MiningConfig = MiningConfig(depth=30, negatives=1)
+    epochs: float = Field(default=2.0, gt=0)
     scale: float = Field(default=20.0, gt=0)  # inverse temperature of the contrastive softmax
 
 
@@ -149,9 +167,7 @@ def read_split(data: Path, split: str) -> tuple[pa.Table, dict[str, dict[str, in
     return table, qrels
 
 
-def _sample(
-    qrels: dict[str, dict[str, int]], n: int, seed: int
-) -> dict[str, dict[str, int]]:
+def _sample(qrels: dict[str, dict[str, int]], n: int, seed: int) -> dict[str, dict[str, int]]:
     """At most ``n`` queries of ``qrels``, drawn by a seeded hash (a large split fits a budget)."""
     if len(qrels) <= n:
         return qrels
@@ -487,19 +503,27 @@ class Prepared:
 
 
 def _trainer_args(
-    cls: Any, cfg: TrainConfig, work: Path, steps_per_epoch: int, **extra: Any
+    cls: Any,
+    cfg: TrainConfig,
+    work: Path,
+    steps_per_epoch: int,
+    max_steps: int | None = None,
+    **extra: Any,
 ) -> Any:
     from searchpipe.models.precision import resolve_precision
 
     bf16 = resolve_precision(cfg.precision) == "bf16"
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
-    # evaluate (and checkpoint) about twice per epoch, at least once per run
-    every = max(1, min(total, math.ceil(steps_per_epoch / 2)))
+    planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    total = max_steps if max_steps is not None else planned
+    # evaluate (and checkpoint) a few times per epoch, and as often in a run cut short
+    per_epoch = getattr(cfg, "evals_per_epoch", 2)
+    n_evals = max(per_epoch, round(per_epoch * total / max(steps_per_epoch, 1)))
+    every = max(1, math.ceil(total / n_evals))
     return cls(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
+        max_steps=total if max_steps is not None else cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
         learning_rate=cfg.lr,
@@ -642,13 +666,144 @@ def finished(cfg: TrainConfig) -> bool:
         return False
 
 
+def reranker_dataset(prep: Prepared, cfg: RerankerTrainConfig) -> Any:
+    """The training rows: (query, positive, negative_1..n) groups for the listwise loss, or
+    (query, document, label) pairs for BCE, with ``random_negatives`` random corpus documents
+    added per positive (the listwise loss draws its random ones from the batch instead)."""
+    from datasets import Dataset
+
+    n = cfg.mining.negatives
+    rng = np.random.default_rng(cfg.seed)
+    examples = prep.examples(prep.train_ids)
+    if cfg.loss == "listwise":
+        cols: dict[str, list[str]] = {"query": [], "positive": []}
+        cols.update({f"negative_{i + 1}": [] for i in range(n)})
+        for query, positive, negs in examples:
+            if len(negs) < n:  # every row needs the same number of columns
+                continue
+            cols["query"].append(query)
+            cols["positive"].append(positive)
+            for i, row in enumerate(negs[:n]):
+                cols[f"negative_{i + 1}"].append(prep.texts[row])
+        return Dataset.from_dict(cols).shuffle(seed=cfg.seed)
+    pairs: dict[str, list[Any]] = {"query": [], "document": [], "label": []}
+    rows = sorted(prep.texts)
+    judged = {prep.query_text[q]: set(prep.qrels[q]) for q in prep.train_ids}
+    for query, positive, negs in examples:
+        extra = [
+            int(r)
+            for r in rng.choice(rows, size=min(cfg.random_negatives, len(rows)), replace=False)
+            if prep.doc_ids[int(r)] not in judged[query]
+        ]
+        for text, label in [
+            (positive, 1.0),
+            *((prep.texts[r], 0.0) for r in [*negs, *extra]),
+        ]:
+            pairs["query"].append(query)
+            pairs["document"].append(text)
+            pairs["label"].append(label)
+    return Dataset.from_dict(pairs).shuffle(seed=cfg.seed)
+
+
+def listwise_loss(model: Any, random_negatives: int) -> Any:
+    """Softmax cross-entropy of each positive against its hard negatives and
+    ``random_negatives`` documents of the batch's other queries, on raw logits (localized
+    contrastive estimation, Gao et al. 2021). It is sentence-transformers'
+    ``MultipleNegativesRankingLoss`` with every pair of a batch in one forward pass (one call
+    per column runs batches of ``batch_size`` pairs, about 1.5x slower on CPU)."""
+    import torch
+    from sentence_transformers.cross_encoder.losses import MultipleNegativesRankingLoss
+
+    class OneForwardListwiseLoss(MultipleNegativesRankingLoss):
+        def forward(
+            self,
+            inputs: list[list[str]],
+            labels: torch.Tensor,
+            prompt: str | None = None,
+            task: str | None = None,
+        ) -> torch.Tensor:
+            anchors = inputs[0]
+            columns = [inputs[1], *self.get_in_batch_negatives(anchors, inputs[1:]), *inputs[2:]]
+            docs = [d for column in columns for d in column]  # column-major, as calculate_loss
+            scores = self.call_model_with_columns(
+                anchors * len(columns), docs, prompt=prompt, task=task
+            )
+            return self.calculate_loss([scores], len(anchors))  # type: ignore[arg-type]
+
+    return OneForwardListwiseLoss(
+        model, num_negatives=random_negatives, scale=1, activation_fn=torch.nn.Identity()
+    )
+
+
+def identity_head(model: Any) -> None:
+    """Pooler dense layer = identity, classifier = 0: the first steps train the classifier
+    on ``tanh`` of the [CLS] output rather than on a random projection of it."""
+    import torch
+
+    bert = model.model
+    pooler = getattr(getattr(bert, "bert", None), "pooler", None)
+    if pooler is None:
+        raise InputError("head='pooler-identity' needs a BERT model with a pooler")
+    with torch.no_grad():
+        pooler.dense.weight.copy_(torch.eye(pooler.dense.weight.shape[0]))
+        pooler.dense.bias.zero_()
+        bert.classifier.weight.zero_()
+        bert.classifier.bias.zero_()
+
+
+def pairs_per_second(model: Any, queries: list[str], docs: list[str], bf16: bool) -> float:
+    """Training throughput of ``model`` on this machine: forward and backward passes over
+    (query, doc) pairs at the model's length, as the trainer runs them (no weight changes)."""
+    import torch
+
+    net = model.model
+    was_training = net.training
+    net.train()
+    enc = model.tokenizer(
+        queries, docs, truncation=True, max_length=model.max_length, padding=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    enc = {k: v.to(net.device) for k, v in enc.items()}
+    device = "cuda" if net.device.type == "cuda" else "cpu"
+    times = []
+    for _ in range(3):  # the first pass pays one-off setup
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            net(**enc).logits.float().sum().backward()
+        times.append(time.perf_counter() - t0)
+    net.zero_grad(set_to_none=True)
+    net.train(was_training)
+    return len(queries) / max(min(times[1:]), 1e-9)
+
+
+def budget_steps(
+    cfg: RerankerTrainConfig, planned: int, pair_rate: float, dev_pairs: int
+) -> tuple[int, dict[str, Any]]:
+    """The steps that fit ``cfg.time_budget`` minutes at ``pair_rate``, evaluations included."""
+    group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
+    step_pairs = cfg.batch_size * group
+    rate = 0.85 * pair_rate  # the optimiser step and data loading on top of the passes
+    evals = cfg.evals_per_epoch * max(cfg.epochs, 1.0)
+    eval_seconds = evals * dev_pairs / (3 * rate)  # forward only: about 3x a training pass
+    fit = int((60 * cfg.time_budget - eval_seconds) * rate / step_pairs)
+    steps = planned if cfg.time_budget == 0 else max(1, min(planned, fit))
+    return steps, {
+        "planned_steps": planned,
+        "steps_in_budget": fit,
+        "measured_pairs_per_second": round(pair_rate, 1),
+        "pairs_per_step": step_pairs,
+        "time_budget_minutes": cfg.time_budget,
+    }
+
+
 def train_reranker(
     cfg: RerankerTrainConfig, resume: bool = False, overwrite: bool = False
 ) -> dict[str, Any]:
     """Fine-tune a cross-encoder on ``cfg.split`` with mined hard negatives; save it to
-    ``cfg.output`` as a CrossEncoder folder (loadable by ``--rerank``)."""
+    ``cfg.output`` as a CrossEncoder folder (loadable by ``--rerank``), measure on dev how it
+    is best used, and record that in the folder (``training.usage``)."""
     import torch
-    from datasets import Dataset
+    from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.cross_encoder import (
         CrossEncoder,
         CrossEncoderTrainer,
@@ -657,6 +812,7 @@ def train_reranker(
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
     from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 
+    from searchpipe.models.precision import resolve_precision
     from searchpipe.models.resolve import resolve_model
 
     prepare_output(cfg, resume, overwrite)
@@ -664,15 +820,12 @@ def train_reranker(
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     prep = Prepared(cfg)
-    pairs: dict[str, list[Any]] = {"query": [], "document": [], "label": []}
-    for query, positive, negs in prep.examples(prep.train_ids):
-        for text, label in [(positive, 1.0), *((prep.texts[n], 0.0) for n in negs)]:
-            pairs["query"].append(query)
-            pairs["document"].append(text)
-            pairs["label"].append(label)
-    if not pairs["query"]:
-        raise InputError(f"no training pairs: no judged positive of {cfg.split} is in the corpus")
-    train = Dataset.from_dict(pairs).shuffle(seed=cfg.seed)
+    train = reranker_dataset(prep, cfg)
+    if len(train) == 0:
+        raise InputError(
+            f"no training rows: no query has a judged positive in the corpus and "
+            f"{cfg.mining.negatives} guarded hard negatives; lower --negatives or raise --depth"
+        )
     ref = resolve_model(cfg.init)
     try:
         model = CrossEncoder(
@@ -689,36 +842,71 @@ def train_reranker(
         ) from None
     if model.num_labels != 1:
         raise InputError(f"--init {cfg.init} has {model.num_labels} labels; a reranker needs 1")
-    # positives are 1 in (1 + negatives) pairs: weight them up so both classes count alike
-    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(cfg.mining.negatives)))
+    if cfg.head == "pooler-identity":
+        identity_head(model)
+    extra: dict[str, Any] = {}
+    if cfg.loss == "listwise":
+        # logits straight into the softmax (no sigmoid squashing): the positive against its
+        # mined negatives and in-batch random ones
+        loss = listwise_loss(model, cfg.random_negatives)
+        extra["batch_sampler"] = BatchSamplers.NO_DUPLICATES  # no query twice in a batch
+    else:
+        # positives are 1 in (1 + negatives) pairs: weight them up so both classes count alike
+        negatives = cfg.mining.negatives + cfg.random_negatives
+        loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives)))
+    dev = prep.dev_samples()
     evaluator = CrossEncoderRerankingEvaluator(
-        [{k: s[k] for k in ("query", "positive", "documents")} for s in prep.dev_samples()],
+        [{k: s[k] for k in ("query", "positive", "documents")} for s in dev],
         at_k=10,
         always_rerank_positives=False,
         name="dev",
-        batch_size=cfg.batch_size * 2,
+        batch_size=64,
         write_csv=False,
     )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    budget: dict[str, Any] = {}
+    if cfg.max_steps <= 0 and cfg.time_budget > 0:
+        sample = train.select(range(min(len(train), 32)))
+        first = [c for c in sample.column_names if c not in ("query", "label")][0]
+        rate = pairs_per_second(
+            model, list(sample["query"]), list(sample[first]),
+            resolve_precision(cfg.precision) == "bf16",
+        )  # fmt: skip
+        steps, budget = budget_steps(cfg, planned, rate, sum(len(s["documents"]) for s in dev))
+        if steps < planned:
+            log.info(
+                "time budget: %d of the %d planned steps fit in %.0f minutes at %.1f pairs/s",
+                steps, planned, cfg.time_budget, rate,
+            )  # fmt: skip
+    else:
+        steps = planned
     args = _trainer_args(
         CrossEncoderTrainingArguments,
         cfg,
         prep.work,
         steps_per_epoch,
+        max_steps=steps,
         metric_for_best_model="eval_dev_ndcg@10",
         greater_is_better=True,
+        **extra,
     )
     trainer = CrossEncoderTrainer(
         model=model, args=args, train_dataset=train, loss=loss, evaluator=evaluator
     )
     log.info(
-        "train reranker: %d pairs from %d queries (%d dev), %d steps/epoch",
+        "train reranker (%s): %d rows from %d queries (%d dev), %d steps/epoch, %d steps",
+        cfg.loss,
         len(train),
         len(prep.train_ids),
         len(prep.dev_ids),
         steps_per_epoch,
+        steps,
     )
     summary = _fit(trainer, model, cfg, prep, t0, "reranker")
+    summary["budget"] = budget
+    group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
+    summary["pairs_per_second"] = round(summary["rows_per_second"] * group, 2)
     from searchpipe.training.usage import choose_usage
 
     usage = choose_usage(
@@ -736,14 +924,23 @@ def train_reranker(
 
 def _fit(trainer: Any, model: Any, cfg: Any, prep: Any, t0: float, kind: str) -> dict[str, Any]:
     """Train (resuming from the last checkpoint, if any), save the model, summarise."""
+    t_train = time.perf_counter()
     try:
         # the trainer prints its loss records to stdout; stdout carries our results only
         with contextlib.redirect_stdout(sys.stderr):
             trainer.train(resume_from_checkpoint=_last_checkpoint(prep.work))
     except (RuntimeError, ValueError) as e:
         raise RunError(f"{kind} training failed: {str(e).splitlines()[0][:200]}") from None
+    seconds = time.perf_counter() - t_train
     model.save(str(cfg.output))
-    return _summary(cfg, prep, trainer, t0, kind)
+    summary = _summary(cfg, prep, trainer, t0, kind)
+    rows = trainer.state.global_step * trainer.args.per_device_train_batch_size
+    summary.update(
+        train_rows=len(trainer.train_dataset),
+        train_seconds=round(seconds, 1),
+        rows_per_second=round(rows / max(seconds, 1e-9), 2),
+    )
+    return summary
 
 
 def train_embedder(
