@@ -45,6 +45,14 @@ class IndexConfig(StrictModel):
         0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
     )
     bm25: bool = Field(True, description="Also build a BM25 index (hybrid search).")
+    glob: list[str] = Field(
+        [],
+        description="For a folder of documents: files to include ('*.md'), or exclude with a "
+        "leading '!' ('!drafts/*'); repeatable.",
+    )
+    strict: bool = Field(
+        False, description="For a folder of documents: any unreadable file is an error (exit 2)."
+    )
 
 
 class SearchSettings(StrictModel):

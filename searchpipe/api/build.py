@@ -41,7 +41,8 @@ def build_index(
     """
     cfg: IndexConfig = settings(config, IndexConfig, kwargs, "build_index")
     root = index_dir(index_root) / check_name(cfg.name)
-    ingest = Ingest(cfg.corpus)
+    ingest = Ingest(cfg.corpus, globs=tuple(cfg.glob), strict=cfg.strict)
+    ingest.check_strict()  # with --strict, an unreadable file fails before any model loads
     embed = Embed(
         cfg.model,
         fields=(C.TITLE, C.TEXT),
@@ -76,6 +77,8 @@ def build_index(
     ) == build_fp:
         log.info("index %s: corpus, model and settings unchanged; nothing to do", cfg.name)
         return Index.open(root)
+    # a folder's unreadable files, listed in the manifest (read again if ingest was reused)
+    skipped = ingest.skipped if ingest.skipped is not None else ingest.scan()
     hooks: list[BuildHook] = []
     if factory != "Flat":
         from searchpipe.index.ann import TuneSearchParams
@@ -90,7 +93,11 @@ def build_index(
         factory,
         identity,
         manifest_fields={
-            "corpus": {"path": str(ingest.path), "sha256": ingest.fingerprint_source()},
+            "corpus": {
+                "path": str(ingest.path),
+                "sha256": ingest.fingerprint_source(),
+                **({"skipped": [{"file": f, "reason": r} for f, r in skipped]} if skipped else {}),
+            },
             "build_fingerprint": build_fp,
             "settings": json.loads(cfg.model_dump_json()),
         },

@@ -37,10 +37,12 @@ index_dir_option = click.option(
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
-    """(click type, is_flag) for a field annotation; Optional[X] is X."""
+    """(click type, is_flag) for a field annotation; Optional[X] is X, list[X] is X repeated."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
     if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
+    if typing.get_origin(annotation) is list:
+        annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is Literal:
         return click.Choice([str(a) for a in typing.get_args(annotation)]), False
     if annotation is bool:
@@ -67,6 +69,9 @@ def options_from(
             help_text = (field.description or name.replace("_", " ").capitalize()) + shown
             if is_flag:
                 f = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)(f)
+            elif typing.get_origin(field.annotation) is list:
+                help_text = field.description or name
+                f = click.option(flag, name, type=ctype, multiple=True, help=help_text)(f)
             else:
                 f = click.option(flag, name, type=ctype, default=None, help=help_text)(f)
         return f
@@ -75,8 +80,10 @@ def options_from(
 
 
 def given(flags: dict[str, Any]) -> dict[str, Any]:
-    """The settings given on the command line (flags left out are None)."""
-    return {k: v for k, v in flags.items() if v is not None}
+    """The settings given on the command line (flags left out are None, repeated ones ())."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in flags.items() if v not in (None, ())
+    }
 
 
 def settings_of(

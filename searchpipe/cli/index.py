@@ -31,7 +31,9 @@ keep_option = click.option(
 @json_option
 @index_dir_option
 def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flags: Any) -> None:
-    """Build (or update) index NAME from CORPUS (JSONL, CSV, Parquet, Arrow, or a BEIR folder)."""
+    """Build (or update) index NAME from CORPUS: JSONL, CSV, Parquet, Arrow, a BEIR folder, or
+    a folder of documents (.txt, .md, .html, .pdf, .docx; unreadable files are skipped and
+    listed)."""
     from searchpipe.api import build_index
 
     t0 = time.perf_counter()
@@ -39,6 +41,8 @@ def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flag
     seconds = time.perf_counter() - t0
     summary = index_summary(idx.manifest)
     summary["seconds"] = round(seconds, 2)
+    skipped = idx.manifest.get("corpus", {}).get("skipped", [])
+    summary["skipped"] = skipped
     if as_json:
         emit(summary)
     else:
@@ -46,6 +50,10 @@ def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flag
             f"index {name}: {summary['docs']} docs, {summary['factory']}, {summary['model']} "
             f"(version {summary['version']}, {seconds:.1f}s) at {idx.root}"
         )
+    if skipped:
+        click.echo(f"skipped {len(skipped)} file(s) that could not be read:", err=True)
+        for s in skipped:
+            click.echo(f"  {s['file']}: {s['reason']}", err=True)
 
 
 def index_summary(m: dict[str, Any]) -> dict[str, Any]:

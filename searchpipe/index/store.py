@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
+from searchpipe.arrow import joined_text
 from searchpipe.errors import InputError, RunError
 from searchpipe.files import file_digest, fsync_dir, fsync_file
 from searchpipe.index.layout import (
@@ -235,6 +237,15 @@ class Index:
 
     def __len__(self) -> int:
         return self.docs.num_rows
+
+    def texts(self, rows: Iterable[int]) -> dict[int, str]:
+        """The text the models see for each doc store row: title and text joined, as the
+        embed and rerank stages join them."""
+        wanted = sorted({int(r) for r in rows})
+        if not wanted:
+            return {}
+        docs = self.docs.take(pa.array(wanted, pa.int64())).combine_chunks()
+        return dict(zip(wanted, joined_text(docs.to_batches()[0], (C.TITLE, C.TEXT)), strict=True))
 
     def check_encoder(self, identity: dict[str, Any]) -> None:
         """Refuse a query encoder that is not the one the index was built with."""

@@ -1,7 +1,8 @@
 """Ingest: read a corpus or queries file into a stream of validated Arrow batches.
 
-Corpus formats: JSONL, CSV, Parquet, Arrow IPC (file or stream), or a BEIR folder (its
-``corpus.jsonl``). Rows become ``doc_id, title, text, metadata`` (metadata: the other fields of
+Corpus formats: JSONL, CSV, Parquet, Arrow IPC (file or stream), a BEIR folder (its
+``corpus.jsonl``), or any other folder: its text, Markdown, HTML, PDF and Word files, one
+document each (``stages.documents``; unreadable files are skipped and listed). Rows become ``doc_id, title, text, metadata`` (metadata: the other fields of
 the record, as JSON text). Queries: JSONL, TSV (``id<TAB>text``), or a BEIR folder / queries
 file; rows become ``query_id, text``.
 
@@ -40,15 +41,11 @@ FORMATS = ("jsonl", "csv", "tsv", "parquet", "arrow")
 
 
 def corpus_file(path: Path) -> Path:
-    """The corpus file behind CORPUS: the file itself, or a BEIR folder's corpus.jsonl."""
+    """The corpus behind CORPUS: the file itself, a BEIR folder's corpus.jsonl, or a folder
+    of documents."""
     if path.is_dir():
         inner = path / "corpus.jsonl"
-        if not inner.is_file():
-            raise InputError(
-                f"{path} is a folder without corpus.jsonl; pass a corpus file (JSONL, CSV, "
-                "Parquet, Arrow) or a BEIR folder"
-            )
-        return inner
+        return inner if inner.is_file() else path
     if not path.exists():
         raise InputError(f"corpus {path} does not exist")
     return path
@@ -66,6 +63,8 @@ def queries_file(path: Path) -> Path:
 
 
 def detect_format(path: Path) -> str:
+    if path.is_dir():
+        return "folder"
     suffixes = [s.lower() for s in path.suffixes]
     ext = suffixes[-1] if suffixes else ""
     if ext in (".gz", ".zst") and len(suffixes) > 1:
@@ -77,7 +76,8 @@ def detect_format(path: Path) -> str:
     if ext not in table:
         raise InputError(
             f"cannot tell the format of {path} from its extension {ext!r}; use one of "
-            ".jsonl, .csv, .tsv, .parquet, .arrow"
+            ".jsonl, .csv, .tsv, .parquet, .arrow, or pass the folder holding your documents "
+            "(.txt, .md, .html, .pdf, .docx)"
         )
     return table[ext]
 
@@ -278,25 +278,84 @@ class Ingest(Source):
     name = "ingest"
     provides: tuple[str, ...] = (C.DOC_ID, C.TITLE, C.TEXT, C.METADATA)
 
-    def __init__(self, path: str | Path, kind: str = "doc", batch_rows: int = 1024) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        kind: str = "doc",
+        batch_rows: int = 1024,
+        globs: tuple[str, ...] = (),
+        strict: bool = False,
+    ) -> None:
         self.kind = kind
         raw = Path(path)
         self.path = queries_file(raw) if kind == "query" else corpus_file(raw)
         self.format = detect_format(self.path)
         self.batch_rows = batch_rows
+        self.globs = tuple(globs)
+        self.strict = strict
+        #: (file, reason) of each file of a folder that could not be read (set by ``read``)
+        self.skipped: list[tuple[str, str]] | None = None
         self._sha256: str | None = None
         if kind == "query":
             self.provides = (C.QUERY_ID, C.TEXT)
 
     def settings(self) -> dict[str, Any]:
-        return {"path": str(self.path), "kind": self.kind, "batch_rows": self.batch_rows}
+        s: dict[str, Any] = {
+            "path": str(self.path),
+            "kind": self.kind,
+            "batch_rows": self.batch_rows,
+        }
+        if self.format == "folder":
+            s["globs"] = list(self.globs)
+        return s
 
     def fingerprint_source(self) -> str:
         if self._sha256 is None:
-            self._sha256 = sha256_file(self.path)
+            if self.format == "folder":
+                from searchpipe.stages.documents import folder_sha256
+
+                self._sha256 = folder_sha256(self.path, self.globs)
+            else:
+                self._sha256 = sha256_file(self.path)
         return self._sha256
 
+    def scan(self) -> list[tuple[str, str]]:
+        """The files of a folder corpus that cannot be read, with the reason (reads them all)."""
+        if self.format != "folder":
+            return []
+        from searchpipe.stages.documents import read_folder
+
+        return [
+            (path.relative_to(self.path).as_posix(), reason)
+            for path, _, reason in read_folder(self.path, self.globs)
+            if reason is not None
+        ]
+
+    def check_strict(self) -> None:
+        """With ``strict``, refuse a folder holding any file that cannot be read (exit 2)."""
+        if self.strict and (skipped := self.scan()):
+            listed = "; ".join(f"{path}: {why}" for path, why in skipped[:20])
+            more = f" (and {len(skipped) - 20} more)" if len(skipped) > 20 else ""
+            raise InputError(
+                f"{len(skipped)} file(s) of {self.path} cannot be read: {listed}{more}; fix or "
+                "remove them, or leave out --strict to skip them"
+            )
+
+    def _folder_records(self) -> Iterator[tuple[Any, str]]:
+        from searchpipe.stages.documents import read_folder
+
+        self.skipped = []
+        for path, doc, reason in read_folder(self.path, self.globs):
+            rel = path.relative_to(self.path).as_posix()
+            if doc is None:
+                self.skipped.append((rel, reason or "unreadable"))
+                continue
+            extra = {k: v for k, v in doc.metadata.items() if k not in ("_id", "title", "text")}
+            yield {**extra, "_id": doc.doc_id, "title": doc.title, "text": doc.text}, rel
+
     def records(self) -> Iterator[tuple[Any, str]]:
+        if self.format == "folder":
+            return self._folder_records()
         if self.format == "jsonl":
             return _jsonl_records(self.path)
         if self.format in ("csv", "tsv"):
@@ -316,7 +375,10 @@ class Ingest(Source):
                 yield checker.flush()
         if count == 0:
             what = "queries file" if self.kind == "query" else "corpus"
-            raise InputError(f"{what} {self.path} has no records; it must hold at least one")
+            skipped = f" ({len(self.skipped)} file(s) could not be read)" if self.skipped else ""
+            raise InputError(
+                f"{what} {self.path} has no records{skipped}; it must hold at least one"
+            )
         if checker.rows:
             yield checker.flush()
 

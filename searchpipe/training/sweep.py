@@ -110,12 +110,10 @@ class PairCache:
         scorer.score(["warm up"], ["the first call pays one-off setup"])
 
     def score(self, wanted: dict[str, list[int]]) -> None:
-        from searchpipe.training.train import doc_texts
-
         todo = [(q, r) for q, rows in wanted.items() for r in rows if (q, r) not in self.scores]
         if not todo:
             return
-        texts = doc_texts(self.index, [r for _, r in todo])
+        texts = self.index.texts([r for _, r in todo])
         t0 = time.perf_counter()
         scores = self.scorer.score(
             [self.query_text[q] for q, _ in todo], [texts[r] for _, r in todo]

@@ -235,18 +235,6 @@ def hard_negatives(
     return out
 
 
-def doc_texts(index: Any, rows: Iterable[int]) -> dict[int, str]:
-    """The text the models see for each doc row (title and text joined, as ``Embed`` does)."""
-    from searchpipe.arrow import joined_text
-
-    rows = sorted(set(int(r) for r in rows))
-    if not rows:
-        return {}
-    docs = index.docs.take(pa.array(rows, pa.int64())).combine_chunks()
-    texts = joined_text(docs.to_batches()[0], (C.TITLE, C.TEXT))
-    return dict(zip(rows, texts, strict=True))
-
-
 def write_dev_files(
     work: Path, queries: pa.Table, qrels: dict[str, dict[str, int]], dev_ids: list[str]
 ) -> None:
@@ -272,12 +260,11 @@ def write_dev_files(
 def mining_index(cfg: TrainConfig, work: Path, progress: bool | None) -> Any:
     """The hybrid index to mine from: ``cfg.index`` if given, else one built under ``work``."""
     from searchpipe.api import build_index, open_index
-    from searchpipe.files import sha256_file
-    from searchpipe.stages.ingest import corpus_file
+    from searchpipe.stages.ingest import Ingest
 
     if cfg.index is not None:
         index = open_index(cfg.index)
-        expected = sha256_file(corpus_file(Path(cfg.data)))
+        expected = Ingest(Path(cfg.data)).fingerprint_source()
         if index.manifest.get("corpus", {}).get("sha256") not in (None, expected):
             raise InputError(
                 f"index {cfg.index} was built from another corpus than {cfg.data}; pass an index "
@@ -358,7 +345,7 @@ def teacher_scores(index: Any, encoder: Any, queries: pa.Table, hits: pa.Table) 
     unique, inverse = np.unique(rows, return_inverse=True)
     dvec = stored_vectors(index, unique)
     if dvec is None:
-        texts = doc_texts(index, unique.tolist())
+        texts = index.texts(unique.tolist())
         dvec = encoder.encode([texts[int(r)] for r in unique])  # (U, D)
     qi = np.fromiter((qpos[q] for q in hits.column(C.QUERY_ID).to_pylist()), dtype=np.int64)
     return np.einsum("nd,nd->n", qvec[qi], dvec[inverse]).astype(np.float32)
@@ -459,7 +446,7 @@ class Prepared:
         needed = [r for q in qrels for r in self.negatives.get(q, [])]
         needed += [self.doc_row[d] for q in qrels.values() for d in q if d in self.doc_row]
         needed += self.candidates.column(C.DOC_ROW).to_pylist()
-        self.texts = doc_texts(self.index, needed)
+        self.texts = self.index.texts(needed)
 
     def positives(self, q: str) -> list[int]:
         return [self.doc_row[d] for d, r in self.qrels[q].items() if r > 0 and d in self.doc_row]
