@@ -17,6 +17,7 @@ QUERY_ID = "query_id"
 
 # embed
 EMBEDDING = "embedding"  # fixed_size_list<float32>[d]
+TOKENS = "tokens"  # int32: the text's length in the model's tokens, before truncation
 
 # retrieve: one row per (query, hit); the query's text travels along as QUERY_TEXT
 QUERY_TEXT = "query_text"

@@ -76,6 +76,11 @@ class SearchSettings(StrictModel):
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant.")
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense list in fusion.")
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 list in fusion.")
+    filter: str | None = Field(
+        None,
+        description="SQL WHERE clause over the documents' metadata (DuckDB), e.g. "
+        "\"year >= 2020 AND source = 'pubmed'\"; every hit matches it.",
+    )
     model: str | None = Field(None, description="Query encoder (default: the index's own model).")
     rerank: str | None = Field(None, description="CrossEncoder model folder to rerank with.")
     rerank_depth: int | None = Field(

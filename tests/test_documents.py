@@ -138,3 +138,27 @@ def test_globs_include_and_exclude(folder: Path) -> None:
     ids = [r for b in no_notes.read() for r in b.column("doc_id").to_pylist()]
     assert "notes/onions.md" not in ids and "plain.txt" in ids
     assert only_md.fingerprint_source() != no_notes.fingerprint_source()
+
+
+def test_index_reports_truncation_against_the_tokenizer(home: Path, sample_corpus: Path) -> None:
+    """Oracle: the model's own tokenizer, counting [CLS] and [SEP], on title + text."""
+    from transformers import AutoTokenizer
+
+    from searchpipe.models.resolve import resolve_model
+
+    lines = sample_corpus.read_text().splitlines()[:40]
+    small = home / "small.jsonl"
+    small.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        main, ["index", str(small), "--name", "cut", "--max-length", "40", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    cut = json.loads(result.stdout)["truncation"]
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("minilm").path))
+    lengths = []
+    for line in lines:
+        d = json.loads(line)
+        lengths.append(len(tok(f"{d['title']} {d['text']}".strip())["input_ids"]))
+    over = [n - 40 for n in lengths if n > 40]
+    assert cut == {"max_length": 40, "docs": len(over), "of": 40, "tokens_cut": sum(over)}
+    assert f"{len(over)} of 40 documents are longer" in result.stderr

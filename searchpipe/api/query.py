@@ -47,16 +47,18 @@ def candidate_depth(s: SearchSettings, rerank_depth: int = 0) -> int:
 
 
 def first_stage(index: Index, s: SearchSettings, depth: int) -> Stage:
-    """The first-stage retriever the settings ask for: dense, BM25, or both fused."""
+    """The first-stage retriever the settings ask for: dense, BM25, or both fused; a filter
+    restricts each of them to the same allowed rows."""
     retriever = s.retriever
     if retriever == "auto":
         retriever = "hybrid" if "bm25" in index.manifest else "dense"
+    allowed = index.filter(s.filter) if s.filter else None
     if retriever == "dense":
-        return Retrieve(index, depth)
+        return Retrieve(index, depth, allowed)
     if retriever == "bm25":
-        return RetrieveBM25(index, depth)
+        return RetrieveBM25(index, depth, allowed)
     return Fuse(
-        [Retrieve(index, depth), RetrieveBM25(index, depth)],
+        [Retrieve(index, depth, allowed), RetrieveBM25(index, depth, allowed)],
         ["dense", "bm25"],
         method=s.fusion,
         rrf_k=s.rrf_k,

@@ -43,12 +43,21 @@ def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flag
     summary["seconds"] = round(seconds, 2)
     skipped = idx.manifest.get("corpus", {}).get("skipped", [])
     summary["skipped"] = skipped
+    cut = idx.manifest.get("truncation")
+    summary["truncation"] = cut
     if as_json:
         emit(summary)
     else:
         click.echo(
             f"index {name}: {summary['docs']} docs, {summary['factory']}, {summary['model']} "
             f"(version {summary['version']}, {seconds:.1f}s) at {idx.root}"
+        )
+    if cut and cut["docs"]:
+        click.echo(
+            f"note: {cut['docs']} of {cut['of']} documents are longer than the model's "
+            f"{cut['max_length']} tokens; {cut['tokens_cut']} tokens past that were cut and only "
+            "BM25 searches them",
+            err=True,
         )
     if skipped:
         click.echo(f"skipped {len(skipped)} file(s) that could not be read:", err=True)
@@ -90,6 +99,12 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
         f"pooling, normalized={enc['normalize']}, {enc['precision']})"
     )
     click.echo(f"vectors    {enc['dim']}-d, {m['metric']}, factory {m['factory']}")
+    if m.get("truncation"):
+        t = m["truncation"]
+        click.echo(
+            f"truncation {t['docs']} of {t['of']} docs longer than {t['max_length']} tokens "
+            f"({t['tokens_cut']} tokens cut)"
+        )
     if m.get("ann"):
         ann = m["ann"]
         click.echo(

@@ -79,15 +79,24 @@ class BM25Index:
         self.tokenizer.load_vocab(str(folder))
         self.tokenizer.load_stopwords(str(folder))
 
-    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(n, k) scores and doc store rows; rows without a matching term are -1."""
+    def search(
+        self, queries: list[str], k: int, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n, k) scores and doc store rows; rows without a matching term are -1.
+
+        ``mask`` (0/1 per doc store row): only rows weighted 1 can match (a filter).
+        """
         with timed("bm25"):
             ids = self.tokenizer.tokenize(
                 queries, update_vocab=False, return_as="ids", show_progress=False
             )
             k = min(k, self.model.scores["num_docs"])
             rows, scores = self.model.retrieve(
-                self.tokenizer.to_tokenized_tuple(ids), k=k, show_progress=False, n_threads=1
+                self.tokenizer.to_tokenized_tuple(ids),
+                k=k,
+                show_progress=False,
+                n_threads=1,
+                weight_mask=mask,
             )
         rows = np.where(scores > 0, rows, -1).astype(np.int64)
         return scores.astype(np.float32), rows

@@ -25,9 +25,9 @@ import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -36,6 +36,9 @@ from searchpipe import columns as C
 from searchpipe.arrow import joined_text
 from searchpipe.errors import InputError, RunError
 from searchpipe.files import file_digest, fsync_dir, fsync_file
+
+if TYPE_CHECKING:
+    from searchpipe.index.filters import RowFilter
 from searchpipe.index.layout import (
     BM25_DIR,
     CONTENT_SHA256,
@@ -162,6 +165,10 @@ class Index:
     #: the version's BM25 index (``searchpipe.index.bm25.BM25Index``), opened with the rest
     #: so that a reader holds all of one version even after a writer removes its folder
     bm25: Any = None
+    #: the version's stored embeddings (``vectors.arrow``, memory-mapped), for exact search
+    #: over a filter's few allowed rows
+    vectors: pa.Table | None = None
+    _metadata: pa.Table | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, name: str | Path, index_root: str | Path | None = None) -> Index:
@@ -212,7 +219,10 @@ class Index:
                 f"run 'searchpipe check {root.name}' and rebuild it"
             ) from None
         cls._apply_search_params(faiss_index, manifest.get("search_params") or {})
-        return cls(root, manifest, faiss_index, docs, bm25)
+        vectors = None
+        if (vdir / VECTORS_FILE).is_file():
+            vectors = ipc.open_file(pa.memory_map(str(vdir / VECTORS_FILE))).read_all()
+        return cls(root, manifest, faiss_index, docs, bm25, vectors)
 
     @staticmethod
     def _apply_search_params(faiss_index: Any, params: dict[str, Any]) -> None:
@@ -258,15 +268,49 @@ class Index:
                     f"query with --model {built['name']} or rebuild the index with the new model"
                 )
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` scores and doc store rows for each query vector (rows -1 pad short results)."""
+    def metadata(self) -> pa.Table:
+        """The documents' metadata as typed columns (``filters.metadata_table``), built once."""
+        if self._metadata is None:
+            from searchpipe.index.filters import metadata_table
+
+            self._metadata = metadata_table(self.docs)
+        return self._metadata
+
+    def filter(self, expr: str) -> RowFilter:
+        """The rows a ``WHERE`` clause over the metadata allows (``filters.compile_filter``)."""
+        from searchpipe.index.filters import compile_filter
+
+        return compile_filter(self.metadata(), expr)
+
+    def search(
+        self, vectors: np.ndarray, k: int, allowed: RowFilter | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` scores and doc store rows for each query vector (rows -1 pad short results).
+
+        With ``allowed``, only those rows: through a FAISS ID selector, or exactly over the
+        stored vectors when they are few or the selector found fewer than min(k, allowed).
+        """
         if vectors.ndim != 2 or vectors.shape[1] != self.faiss_index.d:
             raise InputError(
                 f"query vectors have shape {vectors.shape} but index {self.name} holds "
                 f"{self.faiss_index.d}-dimensional vectors (model {self.manifest['encoder']['name']!r})"
             )
-        k = min(k, self.faiss_index.ntotal)
-        return self.faiss_index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        queries = np.ascontiguousarray(vectors, dtype=np.float32)
+        if allowed is None:
+            return self.faiss_index.search(queries, min(k, self.faiss_index.ntotal))
+        from searchpipe.index.filters import EXACT_BELOW, exact_filtered
+
+        want = min(k, len(allowed.rows))
+        if allowed.fraction >= EXACT_BELOW or self.vectors is None:
+            scores, rows = self.faiss_index.search(
+                queries, want, params=_selector_params(self.faiss_index, allowed.rows)
+            )
+            if want == 0 or (rows[:, want - 1] >= 0).all() or self.vectors is None:
+                return scores, rows
+        from searchpipe.arrow import arrow_to_vectors
+
+        stored = self.vectors.column(C.EMBEDDING).take(pa.array(allowed.rows))
+        return exact_filtered(queries, arrow_to_vectors(stored), allowed.rows, want)
 
 
 class BuildHook(Protocol):
@@ -493,3 +537,20 @@ def _root(name: str | Path, index_root: str | Path | None) -> Path:
 def rows_to_doc_ids(docs: pa.Table, rows: np.ndarray) -> pa.Array:
     """Doc ids of doc store rows (a zero-copy ``take`` on the memory-mapped store)."""
     return docs.column(C.DOC_ID).take(pa.array(rows.reshape(-1), pa.int64())).combine_chunks()
+
+
+def _selector_params(faiss_index: Any, rows: np.ndarray) -> Any:
+    """Search parameters restricting ``faiss_index`` to ``rows``, keeping its tuned efSearch or
+    nprobe (fresh parameter objects would reset them to faiss's defaults)."""
+    import faiss
+
+    # keyword construction makes the parameters hold a reference to the selector (faiss's
+    # Python wrapper), so it outlives this function
+    sel = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
+    inner = faiss.downcast_index(faiss_index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)  # type: ignore[attr-defined]
+    ivf = faiss.try_extract_index_ivf(faiss_index)
+    if ivf is not None:
+        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+    return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]

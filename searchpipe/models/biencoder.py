@@ -122,6 +122,8 @@ class BiEncoder:
             return_attention_mask=False,
             return_token_type_ids=False,
         )["input_ids"]
+        #: token count of each text of the last call, before truncation
+        self.last_lengths = np.fromiter((len(ids) for ids in enc), dtype=np.int32, count=len(enc))
         over = [i for i, ids in enumerate(enc) if len(ids) > self.max_length]
         self.truncated += len(over)
         for i in over:  # keep [CLS] ... and the closing [SEP]

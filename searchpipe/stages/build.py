@@ -81,6 +81,9 @@ class BuildIndex(Stage):
         pending: list[np.ndarray] = []
         pending_n = 0
         wanted = train_size(self.factory, self.n_docs)
+        # documents longer than the model reads are cut: counted, never silent
+        limit = int(self.encoder.get("max_length") or 0) or np.iinfo(np.int32).max
+        truncated = tokens_cut = measured = 0
         with nullcontext(self.writer) if self.writer else IndexWriter(self.root) as writer:
             with (
                 ipc.new_file(str(writer.path(DOCS_FILE)), DOC_STORE_SCHEMA) as store,
@@ -95,6 +98,12 @@ class BuildIndex(Stage):
                         )
                     vectors = arrow_to_vectors(column)
                     check_vectors(vectors, dim, batch.column(C.DOC_ID))
+                    if C.TOKENS in batch.schema.names and batch.column(C.TOKENS).null_count == 0:
+                        lengths = batch.column(C.TOKENS).to_numpy(zero_copy_only=False)
+                        over = lengths[lengths > limit] - limit
+                        truncated += len(over)
+                        tokens_cut += int(over.sum())
+                        measured += len(lengths)
                     doc_rows = pa.record_batch(
                         [batch.column(n) for n in DOC_STORE_SCHEMA.names], schema=DOC_STORE_SCHEMA
                     )
@@ -144,4 +153,11 @@ class BuildIndex(Stage):
                 "search_params": {},
                 **extra,
             }
+            if measured and measured == int(index.ntotal):  # (an update re-embeds only some)
+                fields["truncation"] = {
+                    "max_length": limit,
+                    "docs": truncated,
+                    "of": measured,
+                    "tokens_cut": tokens_cut,
+                }
             self.result = writer.commit(fields)

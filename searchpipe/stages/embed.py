@@ -1,4 +1,5 @@
-"""Embed: add a ``fixed_size_list<float32>[d]`` embedding column computed by a bi-encoder."""
+"""Embed: add a ``fixed_size_list<float32>[d]`` embedding column computed by a bi-encoder,
+and each text's length in tokens (``tokens``, before truncation), so truncation is counted."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Embed(Stage):
     """
 
     name = "embed"
-    provides = (C.EMBEDDING,)
+    provides = (C.EMBEDDING, C.TOKENS)
 
     def __init__(
         self,
@@ -67,4 +68,11 @@ class Embed(Stage):
         assert self.encoder is not None
         for batch in batches:
             vectors = self.encoder.encode(joined_text(batch, self.fields))
-            yield append_column(batch, C.EMBEDDING, vectors_to_arrow(vectors))
+            out = append_column(batch, C.EMBEDDING, vectors_to_arrow(vectors))
+            lengths = getattr(self.encoder, "last_lengths", None)  # null: not reported
+            tokens = (
+                pa.array(lengths, pa.int32())
+                if lengths is not None and len(lengths) == batch.num_rows
+                else pa.nulls(batch.num_rows, pa.int32())
+            )
+            yield append_column(out, C.TOKENS, tokens)

@@ -8,7 +8,7 @@ write take either.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ from searchpipe.index import Index
 from searchpipe.index.layout import BM25_DIR
 from searchpipe.stages.base import Stage
 from searchpipe.timing import timed
+
+if TYPE_CHECKING:
+    from searchpipe.index.filters import RowFilter
 
 HITS_SCHEMA = pa.schema(
     [
@@ -67,21 +70,27 @@ class Retrieve(Stage):
     requires: tuple[str, ...] = (C.QUERY_ID, C.TEXT, C.EMBEDDING)
     provides = tuple(HITS_SCHEMA.names)
 
-    def __init__(self, index: Index, k: int = 100) -> None:
+    def __init__(self, index: Index, k: int = 100, allowed: RowFilter | None = None) -> None:
         self.index = index
         self.k = k
+        #: only these doc store rows may be hits (a metadata filter, ``Index.filter``)
+        self.allowed = allowed
 
     def output_columns(self, available: set[str]) -> set[str]:
         return set(self.provides)
 
     def settings(self) -> dict[str, Any]:
         m = self.index.manifest
-        return {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
+        s = {"index": m["name"], "version": m["version"], "files": m["files"], "k": self.k}
+        if self.allowed is not None:
+            s["filter"] = self.allowed.expr
+        return s
 
     def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         """(n, k) scores and doc store rows for the queries of ``batch``."""
         with timed("faiss"):
-            return self.index.search(arrow_to_vectors(batch.column(C.EMBEDDING)), self.k)
+            vectors = arrow_to_vectors(batch.column(C.EMBEDDING))
+            return self.index.search(vectors, self.k, self.allowed)
 
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -100,8 +109,8 @@ class RetrieveBM25(Retrieve):
     name = "retrieve_bm25"
     requires = (C.QUERY_ID, C.TEXT)
 
-    def __init__(self, index: Index, k: int = 100) -> None:
-        super().__init__(index, k)
+    def __init__(self, index: Index, k: int = 100, allowed: RowFilter | None = None) -> None:
+        super().__init__(index, k, allowed)
         if index.bm25 is None and not (index.version_dir / BM25_DIR).is_dir():
             raise InputError(
                 f"index {index.name} has no BM25 index; rebuild it with BM25 on (the default), "
@@ -119,4 +128,5 @@ class RetrieveBM25(Retrieve):
 
     def search(self, batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
         self.open()
-        return self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k)
+        mask = self.allowed.mask() if self.allowed is not None else None
+        return self.bm25.search(batch.column(C.TEXT).to_pylist(), self.k, mask)
