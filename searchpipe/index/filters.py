@@ -20,7 +20,7 @@ matching documents and a search returns min(k, matching) hits.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,18 +31,27 @@ from searchpipe import columns as C
 from searchpipe.errors import InputError
 
 ROW = "_row"
-#: below this share of the index, dense search is exact over the allowed rows: HNSW and IVF
-#: lose recall when a selector rejects most of what they visit (benchmarks/filters.py)
+#: dense search is exact over the allowed rows when they are this few, or this small a share
+#: of the index: HNSW and IVF lose recall when a selector rejects most of what they visit,
+#: and a matrix product over 20k rows costs about a millisecond (benchmarks/filters.py)
+EXACT_ROWS = 20_000
 EXACT_BELOW = 0.05
 
 
-@dataclass(frozen=True)
+@dataclass
 class RowFilter:
     """The doc store rows a filter allows (sorted), and the clause they came from."""
 
     expr: str
     rows: np.ndarray
     total: int
+    #: the allowed rows' stored vectors, gathered once for exact search
+    vectors: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def exact(self) -> bool:
+        """Whether dense search over these rows is exact rather than through a selector."""
+        return len(self.rows) <= EXACT_ROWS or self.fraction < EXACT_BELOW
 
     @property
     def fraction(self) -> float:

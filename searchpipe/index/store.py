@@ -298,19 +298,20 @@ class Index:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         if allowed is None:
             return self.faiss_index.search(queries, min(k, self.faiss_index.ntotal))
-        from searchpipe.index.filters import EXACT_BELOW, exact_filtered
+        from searchpipe.index.filters import exact_filtered
 
         want = min(k, len(allowed.rows))
-        if allowed.fraction >= EXACT_BELOW or self.vectors is None:
-            scores, rows = self.faiss_index.search(
-                queries, want, params=_selector_params(self.faiss_index, allowed.rows)
-            )
+        if not allowed.exact or self.vectors is None:
+            params = _selector_params(self.faiss_index, allowed.rows, allowed.fraction)
+            scores, rows = self.faiss_index.search(queries, want, params=params)
             if want == 0 or (rows[:, want - 1] >= 0).all() or self.vectors is None:
                 return scores, rows
-        from searchpipe.arrow import arrow_to_vectors
+        if allowed.vectors is None:
+            from searchpipe.arrow import arrow_to_vectors
 
-        stored = self.vectors.column(C.EMBEDDING).take(pa.array(allowed.rows))
-        return exact_filtered(queries, arrow_to_vectors(stored), allowed.rows, want)
+            stored = self.vectors.column(C.EMBEDDING).take(pa.array(allowed.rows))
+            allowed.vectors = np.ascontiguousarray(arrow_to_vectors(stored))
+        return exact_filtered(queries, allowed.vectors, allowed.rows, want)
 
 
 class BuildHook(Protocol):
@@ -539,18 +540,25 @@ def rows_to_doc_ids(docs: pa.Table, rows: np.ndarray) -> pa.Array:
     return docs.column(C.DOC_ID).take(pa.array(rows.reshape(-1), pa.int64())).combine_chunks()
 
 
-def _selector_params(faiss_index: Any, rows: np.ndarray) -> Any:
-    """Search parameters restricting ``faiss_index`` to ``rows``, keeping its tuned efSearch or
-    nprobe (fresh parameter objects would reset them to faiss's defaults)."""
+def _selector_params(faiss_index: Any, rows: np.ndarray, fraction: float = 1.0) -> Any:
+    """Search parameters restricting ``faiss_index`` to ``rows``.
+
+    The tuned efSearch / nprobe is divided by the allowed ``fraction``: a selector rejects the
+    other rows as the search visits them, so it must visit about 1/fraction as many to find
+    as many allowed neighbours as the unfiltered search finds.
+    """
     import faiss
 
     # keyword construction makes the parameters hold a reference to the selector (faiss's
     # Python wrapper), so it outlives this function
     sel = faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
     inner = faiss.downcast_index(faiss_index)
+    boost = 1.0 / max(fraction, 1e-6)
     if isinstance(inner, faiss.IndexHNSW):
-        return faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch)  # type: ignore[attr-defined]
+        ef = min(int(np.ceil(inner.hnsw.efSearch * boost)), 4096)
+        return faiss.SearchParametersHNSW(sel=sel, efSearch=ef)  # type: ignore[attr-defined]
     ivf = faiss.try_extract_index_ivf(faiss_index)
     if ivf is not None:
-        return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe)  # type: ignore[call-arg]
+        nprobe = min(int(np.ceil(ivf.nprobe * boost)), ivf.nlist)
+        return faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)  # type: ignore[call-arg]
     return faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
