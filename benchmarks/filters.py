@@ -77,7 +77,7 @@ def main() -> dict:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from searchpipe.index.filters import EXACT_BELOW, EXACT_ROWS
+    from searchpipe.index.filters import EXACT_BELOW, EXACT_FLOATS
 
     vectors, buckets = corpus(args.docs + args.queries, args.dim)
     queries, vectors, buckets = (
@@ -87,7 +87,7 @@ def main() -> dict:
     )
     nlist = 2 ** round(np.log2(4 * np.sqrt(args.docs)))
     result: dict = {"docs": args.docs, "dim": args.dim, "queries": args.queries,
-                    "exact_below": EXACT_BELOW, "exact_rows": EXACT_ROWS, "cells": {}}  # fmt: skip
+                    "exact_below": EXACT_BELOW, "exact_floats": EXACT_FLOATS, "cells": {}}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for factory in ("Flat", "HNSW32", f"IVF{nlist},Flat"):
             t0 = time.perf_counter()
@@ -112,7 +112,9 @@ def main() -> dict:
                     recalls.append(len(set(got) & set(exact)) / max(len(exact), 1))
                 cell = {
                     "matching": len(rows),
-                    "path": "exact" if allowed.exact else "faiss selector",
+                    "path": "exact"
+                    if allowed.exact(args.dim) or factory == "Flat"
+                    else "faiss selector",
                     "count_ok": round(counts / len(queries), 4),
                     "match_ok": round(matches / max(hits_total, 1), 4),
                     "recall@10": round(float(np.mean(recalls)), 4),

@@ -31,10 +31,12 @@ from searchpipe import columns as C
 from searchpipe.errors import InputError
 
 ROW = "_row"
-#: dense search is exact over the allowed rows when they are this few, or this small a share
-#: of the index: HNSW and IVF lose recall when a selector rejects most of what they visit,
-#: and a matrix product over 20k rows costs about a millisecond (benchmarks/filters.py)
-EXACT_ROWS = 20_000
+#: dense search is exact over the allowed rows when they hold at most this many floats (rows
+#: x dimension; 20k rows of 384-d), or are this small a share of the index. Measured on 100k
+#: 64-d vectors (benchmarks/filters.py): exact over 10k rows takes 0.5 ms a query, HNSW and
+#: IVF through a selector 14-36 ms at 50%, and selectors lose recall when they reject most of
+#: what the search visits
+EXACT_FLOATS = 8_000_000
 EXACT_BELOW = 0.05
 
 
@@ -48,10 +50,9 @@ class RowFilter:
     #: the allowed rows' stored vectors, gathered once for exact search
     vectors: np.ndarray | None = field(default=None, repr=False, compare=False)
 
-    @property
-    def exact(self) -> bool:
+    def exact(self, dim: int) -> bool:
         """Whether dense search over these rows is exact rather than through a selector."""
-        return len(self.rows) <= EXACT_ROWS or self.fraction < EXACT_BELOW
+        return len(self.rows) * dim <= EXACT_FLOATS or self.fraction < EXACT_BELOW
 
     @property
     def fraction(self) -> float:
