@@ -95,6 +95,11 @@ class SearchSettings(StrictModel):
         description="Weight of the first-stage rank in the reranked order (RRF of both ranks; "
         "0: the reranker alone; default: the reranker's own choice, else 0).",
     )
+    rerank_fusion: Literal["rrf", "score"] | None = Field(
+        None,
+        description="How a blend fuses the two orders: rrf (their ranks) or score (min-max "
+        "scaled scores); default: the reranker's own choice, else rrf.",
+    )
     rerank_max_length: int | None = Field(
         None, ge=16, description="Tokens per (query, doc) pair (default: the model's)."
     )

@@ -187,3 +187,34 @@ def test_a_reranker_saved_as_do_not_rerank_leaves_the_order_alone(
     out = pa.Table.from_batches(list(stage(hits.to_batches())))
     assert out.equals(hits)
     assert not Rerank(str(folder), sample_index, depth=5).skip  # asked for explicitly
+
+
+def test_rerank_score_fusion_matches_a_hand_computed_blend(
+    sample_index, cross_encoder_dir: Path, tmp_path: Path
+) -> None:
+    """Oracle: per query, minmax(rerank score) + 1.5 * minmax(first-stage score) over the head."""
+    folder = _usage_copy(
+        cross_encoder_dir,
+        tmp_path / "rr",
+        {"rerank": True, "depth": 8, "blend": 1.5, "fusion": "score"},
+    )
+    searcher = Searcher(sample_index, retriever="hybrid")
+    queries = pa.table({C.QUERY_ID: ["q1", "q2"], C.TEXT: ["onions and tears", "red planet"]})
+    hits = searcher.search_batch(queries, k=12)
+    stage = Rerank(str(folder), sample_index, precision="fp32")
+    assert (stage.depth, stage.blend, stage.fusion) == (8, 1.5, "score")
+    out = pa.Table.from_batches(list(stage(hits.to_batches())))
+    first_scores = {(r[C.QUERY_ID], r[C.DOC_ROW]): r[C.SCORE] for r in hits.to_pylist()}
+    for qid in ("q1", "q2"):
+        rows = out.filter(pa.compute.equal(out.column(C.QUERY_ID), qid)).to_pylist()
+        head = [r for r in rows if r[C.FIRST_STAGE_RANK] <= 8]
+
+        def scaled(values: list[float]) -> list[float]:
+            lo, hi = min(values), max(values)
+            return [(v - lo) / (hi - lo) if hi > lo else 1.0 for v in values]
+
+        ours = scaled([r[C.RERANK_SCORE] for r in head])
+        theirs = scaled([first_scores[(qid, r[C.DOC_ROW])] for r in head])
+        value = {r[C.DOC_ROW]: a + 1.5 * b for r, a, b in zip(head, ours, theirs, strict=True)}
+        expected = sorted(head, key=lambda r: (-value[r[C.DOC_ROW]], r[C.FIRST_STAGE_RANK]))
+        assert [r[C.DOC_ROW] for r in rows[:8]] == [r[C.DOC_ROW] for r in expected]

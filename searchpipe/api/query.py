@@ -89,6 +89,7 @@ def query_stages(
             token_budget=s.rerank_batch_tokens,
             max_length=s.rerank_max_length,
             blend=s.rerank_blend,
+            fusion=s.rerank_fusion,
         )
     first = first_stage(index, s, candidate_depth(s, rerank.depth if rerank else 0))
     stages: list[Stage] = []

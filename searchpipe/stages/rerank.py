@@ -2,9 +2,11 @@
 
 Adds ``rerank_score`` (null below the depth) and ``first_stage_rank``; ``rank`` becomes the new
 order: reranked hits first, then the rest in their first-stage order. The reranked head is
-ordered by cross-encoder score, or with ``blend`` > 0 by reciprocal-rank fusion of both
-opinions, ``1/(60 + rerank rank) + blend/(60 + first-stage rank)``: a small reranker trained
-on little data is noisy, and the fused order averages two different errors.
+ordered by cross-encoder score, or with ``blend`` > 0 by a fusion of both opinions: a small
+reranker trained on little data is noisy, and the fused order averages two different errors.
+``fusion="rrf"`` fuses the ranks, ``1/(60 + rerank rank) + blend/(60 + first-stage rank)``;
+``fusion="score"`` the scores, each min-max scaled within the query's head,
+``rerank + blend * first-stage``.
 All pairs of a record batch (many queries) are scored together, so the cross-encoder sees
 full, length-sorted batches across queries.
 """
@@ -31,6 +33,22 @@ from searchpipe.stages.base import Stage
 log = logging.getLogger(__name__)
 BLEND_RRF_K = 60
 DEFAULT_DEPTH = 20  # hits reranked per query when neither the settings nor the model say
+
+
+def minmax(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``values`` scaled to [0, 1] within each group (1 where a group's values are all equal).
+
+    >>> minmax(np.array([2.0, 4.0, 3.0, 5.0]), np.array([0, 0, 0, 1])).tolist()
+    [0.0, 1.0, 0.5, 1.0]
+    """
+    values = values.astype(np.float64)
+    n = int(groups.max()) + 1 if len(groups) else 0
+    lo = np.full(n, np.inf)
+    hi = np.full(n, -np.inf)
+    np.minimum.at(lo, groups, values)
+    np.maximum.at(hi, groups, values)
+    span = hi[groups] - lo[groups]
+    return np.where(span > 0, (values - lo[groups]) / np.where(span > 0, span, 1.0), 1.0)
 
 
 def blended(rerank_rank: np.ndarray, first_rank: np.ndarray, blend: float) -> np.ndarray:
@@ -69,7 +87,10 @@ class Rerank(Stage):
         token_budget: int = 16384,
         max_length: int | None = None,
         blend: float | None = None,
+        fusion: str | None = None,
     ) -> None:
+        if fusion not in (None, "rrf", "score"):
+            raise InputError(f"rerank fusion {fusion!r} is not one of rrf, score")
         if blend is not None and blend < 0:
             raise InputError(f"rerank blend must be >= 0, got {blend}")
         self.model_name = model if isinstance(model, str) else model.ref.name
@@ -82,6 +103,7 @@ class Rerank(Stage):
         self.usage = usage
         self.depth = depth if depth is not None else int(usage.get("depth") or DEFAULT_DEPTH)
         self.blend = blend if blend is not None else float(usage.get("blend") or 0.0)
+        self.fusion = fusion or ("rrf" if blend is not None else usage.get("fusion", "rrf"))
         #: the reranker lost to the first stage on dev and nobody asked for it anyway
         self.skip = usage.get("rerank") is False and depth is None
         if self.skip:
@@ -115,6 +137,7 @@ class Rerank(Stage):
             "precision": resolve_precision(self.precision),
             "max_length": self.max_length,
             "blend": self.blend,
+            "fusion": self.fusion,
             "skip": self.skip,
         }
 
@@ -161,7 +184,11 @@ class Rerank(Stage):
         groups = query_groups(batch.column(C.QUERY_ID))
         is_tail = ranks > self.depth
         head_key = -rerank.astype(np.float64)
-        if self.blend > 0 and len(head):
+        if self.blend > 0 and len(head) and self.fusion == "score":
+            first = batch.column(C.SCORE).to_numpy(zero_copy_only=False)[head]
+            g = groups[head]
+            head_key[head] = -(minmax(scores, g) + self.blend * minmax(first, g))
+        elif self.blend > 0 and len(head):
             # rank of each head hit by cross-encoder score within its query (ties: first stage)
             by_score = np.lexsort((-scores, groups[head]))
             g = groups[head][by_score]

@@ -128,20 +128,35 @@ class PairCache:
 
 
 def reranked(
-    ranked: dict[str, list[int]], cache: PairCache, depth: int, blend: float = 0.0
+    ranked: dict[str, list[int]],
+    cache: PairCache,
+    depth: int,
+    blend: float = 0.0,
+    fusion: str = "rrf",
+    scores: dict[str, list[float]] | None = None,
 ) -> dict[str, list[int]]:
     """Each query's top ``depth`` re-ordered as the ``Rerank`` stage orders it, the tail kept.
 
-    ``blend`` > 0 keeps some of the first stage's opinion (see ``stages.rerank.blended``).
+    ``blend`` > 0 keeps some of the first stage's opinion, fusing ranks (``fusion="rrf"``,
+    ``stages.rerank.blended``) or min-max scaled scores (``"score"``, which needs the
+    first-stage ``scores``).
     """
-    from searchpipe.stages.rerank import blended
+    from searchpipe.stages.rerank import blended, minmax
 
     cache.score({q: rows[:depth] for q, rows in ranked.items()})
     out = {}
     for q, rows in ranked.items():
         head = sorted(rows[:depth], key=lambda r: -cache.scores[(q, r)])
-        if blend > 0:
-            first = {r: i + 1 for i, r in enumerate(rows[:depth])}
+        first = {r: i + 1 for i, r in enumerate(rows[:depth])}
+        if blend > 0 and fusion == "score":
+            assert scores is not None, "a score blend needs the first-stage scores"
+            ours = minmax(
+                np.array([cache.scores[(q, r)] for r in rows[:depth]]), np.zeros(len(first), int)
+            )
+            theirs = minmax(np.array(scores[q][:depth]), np.zeros(len(first), int))
+            value = {r: ours[i] + blend * theirs[i] for i, r in enumerate(rows[:depth])}
+            head = sorted(rows[:depth], key=lambda r: (-value[r], first[r]))
+        elif blend > 0:
             fused = blended(
                 np.arange(1, len(head) + 1, dtype=np.float64),
                 np.array([first[r] for r in head], dtype=np.float64),
@@ -176,6 +191,7 @@ def sweep(
     retrievers: tuple[str, ...] = ("dense", "bm25", "hybrid"),
     rerank_top: int = 3,
     blends: tuple[float, ...] = BLENDS,
+    rerank_fusions: tuple[str, ...] = ("rrf", "score"),
     cache: PairCache | None = None,
     index_root: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -252,18 +268,22 @@ def sweep(
         top = sorted(rows, key=lambda r: -r[METRIC])[:rerank_top]
         kinds = {r["retriever"]: r for r in sorted(rows, key=lambda r: r[METRIC])}
         for s in {id(r): r for r in [*top, *kinds.values()]}.values():
-            ranked, _, ms = first.run(
+            ranked, scored, ms = first.run(
                 s["retriever"],
                 s.get("fusion", "rrf"),
                 s.get("rrf_k", 60),
                 (s.get("dense_weight", 1.0), s.get("bm25_weight", 1.0)),
             )
-            for depth, blend in product((d for d in depths if d > 0), blends):
-                res = evaluate(
-                    as_run(reranked(ranked, cache, depth, blend), doc_ids),
-                    judged,
-                    (METRIC, "recall@100"),
+            grid = [
+                (depth, blend, fusion)
+                for depth, blend, fusion in product(
+                    (d for d in depths if d > 0), blends, rerank_fusions
                 )
+                if blend > 0 or fusion == rerank_fusions[0]  # blend 0: the reranker alone, once
+            ]
+            for depth, blend, fusion in grid:
+                order = reranked(ranked, cache, depth, blend, fusion, scored)
+                res = evaluate(as_run(order, doc_ids), judged, (METRIC, "recall@100"))
                 rows.append(
                     {
                         **{
@@ -273,6 +293,7 @@ def sweep(
                         },
                         "rerank_depth": depth,
                         "rerank_blend": blend,
+                        "rerank_fusion": fusion,
                         METRIC: res[METRIC],
                         "recall@100": res["recall@100"],
                         "ms": ms + depth * cache.ms_per_pair,
@@ -300,19 +321,20 @@ def search_section(row: dict[str, Any], rerank: str | None, candidates: int) -> 
         out["rerank"] = str(Path(rerank).resolve()) if Path(rerank).is_dir() else str(rerank)
         out["rerank_depth"] = row["rerank_depth"]
         out["rerank_blend"] = row.get("rerank_blend", 0.0)  # explicit: it wins over the model's
+        out["rerank_fusion"] = row.get("rerank_fusion", "rrf")
     return out
 
 
 def format_table(rows: list[dict[str, Any]], best: dict[str, Any] | None = None) -> str:
     """Quality against latency, best first."""
-    head = f"{'retriever':<9} {'fusion':<8} {'rrf_k':>5} {'w_dense':>7} {'w_bm25':>7} {'depth':>5} {'blend':>5} {'ndcg@10':>8} {'R@100':>7} {'ms/q':>8}"
+    head = f"{'retriever':<9} {'fusion':<8} {'rrf_k':>5} {'w_dense':>7} {'w_bm25':>7} {'depth':>5} {'blend':>5} {'by':>5} {'ndcg@10':>8} {'R@100':>7} {'ms/q':>8}"
     lines = [head]
     for r in sorted(rows, key=lambda r: (-r[METRIC], r["ms"])):
         mark = "  <- chosen" if r is best else ""
         lines.append(
             f"{r['retriever']:<9} {r.get('fusion', '-'):<8} {r.get('rrf_k', '-')!s:>5} "
             f"{r.get('dense_weight', '-')!s:>7} {r.get('bm25_weight', '-')!s:>7} "
-            f"{r['rerank_depth']:>5} {r.get('rerank_blend', 0.0):>5} {r[METRIC]:>8.4f} {r['recall@100']:>7.4f} {r['ms']:>8.1f}{mark}"
+            f"{r['rerank_depth']:>5} {r.get('rerank_blend', 0.0):>5} {r.get('rerank_fusion', '-'):>5} {r[METRIC]:>8.4f} {r['recall@100']:>7.4f} {r['ms']:>8.1f}{mark}"
         )
     return "\n".join(lines)
 

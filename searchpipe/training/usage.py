@@ -6,7 +6,8 @@ settings):
 
 - the first stage alone;
 - the reranker alone over the top 10, 20 and 50;
-- blends of the two orders (weighted RRF of the reranker rank and the first-stage rank).
+- blends of the two orders: weighted RRF of the reranker rank and the first-stage rank, and
+  a weighted sum of the two scores, each min-max scaled within the query's head.
 
 The best is written to ``searchpipe_rerank.json`` in the model folder, which the ``Rerank``
 stage applies by default. If no reranked order beats the first stage on dev, the record says
@@ -29,7 +30,7 @@ from searchpipe.models.crossencoder import USAGE_FILE
 log = logging.getLogger("searchpipe")
 
 DEPTHS = (10, 20, 50)
-BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # 0: the reranker alone
+BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # first-stage weight; 0: the reranker alone
 MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
 METRIC = "ndcg@10"
 
@@ -62,6 +63,7 @@ def choose_usage(
         "rerank": gain > min_gain,
         "depth": best["rerank_depth"],
         "blend": best["rerank_blend"],
+        "fusion": best.get("rerank_fusion", "rrf"),
         "max_length": max_length,
         "metric": METRIC,
         "dev_queries": result["queries"],
@@ -70,13 +72,14 @@ def choose_usage(
         "best": {
             "depth": best["rerank_depth"],
             "blend": best["rerank_blend"],
+            "fusion": best.get("rerank_fusion", "rrf"),
             METRIC: round(best[METRIC], 4),
         },
     }
     if usage["rerank"]:
         usage["reason"] = (
             f"on {result['queries']} dev queries, depth {best['rerank_depth']} blend "
-            f"{best['rerank_blend']} scores {best[METRIC]:.4f} against the first stage's "
+            f"{best['rerank_blend']} ({best.get('rerank_fusion', 'rrf')}) scores {best[METRIC]:.4f} against the first stage's "
             f"{first[METRIC]:.4f}"
         )
     else:
@@ -86,7 +89,7 @@ def choose_usage(
             f"blend {best['rerank_blend']}; first stage {first[METRIC]:.4f})"
         )
     usage["table"] = [
-        {k: r[k] for k in ("rerank_depth", "rerank_blend", METRIC, "recall@100", "ms")}
+        {k: r.get(k) for k in ("rerank_depth", "rerank_blend", "rerank_fusion", METRIC, "ms")}
         for r in rows
     ]
     path = Path(model_dir) / USAGE_FILE
