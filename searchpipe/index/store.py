@@ -205,6 +205,9 @@ class Index:
         try:
             faiss_index = faiss.read_index(str(vdir / FAISS_FILE))
             docs = ipc.open_file(pa.memory_map(str(vdir / DOCS_FILE))).read_all()
+            vectors = None
+            if (vdir / VECTORS_FILE).is_file():
+                vectors = ipc.open_file(pa.memory_map(str(vdir / VECTORS_FILE))).read_all()
             bm25 = None
             if "bm25" in manifest:
                 from searchpipe.index.bm25 import BM25Index
@@ -219,9 +222,6 @@ class Index:
                 f"run 'searchpipe check {root.name}' and rebuild it"
             ) from None
         cls._apply_search_params(faiss_index, manifest.get("search_params") or {})
-        vectors = None
-        if (vdir / VECTORS_FILE).is_file():
-            vectors = ipc.open_file(pa.memory_map(str(vdir / VECTORS_FILE))).read_all()
         return cls(root, manifest, faiss_index, docs, bm25, vectors)
 
     @staticmethod
