@@ -32,6 +32,7 @@ log = logging.getLogger("searchpipe")
 DEPTHS = (10, 20, 50)
 BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # first-stage weight; 0: the reranker alone
 MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
+TIE = 0.002  # settings this close on dev count as equal: the cheaper one is chosen
 METRIC = "ndcg@10"
 
 
@@ -56,7 +57,12 @@ def choose_usage(
     rows = result["rows"]
     first = next(r for r in rows if r["rerank_depth"] == 0)
     reranked = [r for r in rows if r["rerank_depth"] > 0]
-    best = max(reranked, key=lambda r: (round(r[METRIC], 6), -r["rerank_depth"]))
+    # the best on dev; among settings within TIE of it, the shallowest (fewest pairs to score)
+    top = max(r[METRIC] for r in reranked)
+    best = min(
+        (r for r in reranked if r[METRIC] >= top - TIE),
+        key=lambda r: (r["rerank_depth"], -r[METRIC]),
+    )
     alone = {str(r["rerank_depth"]): r[METRIC] for r in reranked if r["rerank_blend"] == 0.0}
     gain = best[METRIC] - first[METRIC]
     usage: dict[str, Any] = {
