@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,10 +97,11 @@ class Rerank(Stage):
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.scorer = model if isinstance(model, CrossEncoderScorer) else None
         self.index = index
-        ref = self.scorer.ref if self.scorer is not None else resolve_model(self.model_name)
         # a reranker we trained says how it is best used (chosen on its dev slice); explicit
-        # settings win over it
-        usage = rerank_usage(ref.path) or {}
+        # settings win over it. Only a local folder can hold that record: reading it touches
+        # no model, so a pipeline is still checked before anything loads
+        folder = self.scorer.ref.path if self.scorer is not None else Path(self.model_name)
+        usage = (rerank_usage(folder) if folder.is_dir() else None) or {}
         self.usage = usage
         self.depth = depth if depth is not None else int(usage.get("depth") or DEFAULT_DEPTH)
         self.blend = blend if blend is not None else float(usage.get("blend") or 0.0)
