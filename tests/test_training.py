@@ -386,3 +386,16 @@ def test_no_labels_trains_on_pseudo_queries_and_reads_no_qrels(
     assert no_test_qrels == []
     split = json.loads((tmp_path / "emb" / "train" / "split.json").read_text())
     assert split["split"] == "no-labels"
+
+
+def test_the_shipped_train_configs_are_the_default_recipes() -> None:
+    from searchpipe.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    paths = {"data": "d", "output": "o"}
+    assert load_config(root / "train-reranker.yaml", RerankerTrainConfig, overrides=paths) == (
+        RerankerTrainConfig(**paths)
+    )
+    assert load_config(root / "train-embedder.yaml", EmbedderTrainConfig, overrides=paths) == (
+        EmbedderTrainConfig(**paths)
+    )
