@@ -399,3 +399,17 @@ def test_the_shipped_train_configs_are_the_default_recipes() -> None:
     assert load_config(root / "train-embedder.yaml", EmbedderTrainConfig, overrides=paths) == (
         EmbedderTrainConfig(**paths)
     )
+
+
+def test_the_time_budget_counts_the_dev_checks_a_cut_run_makes() -> None:
+    """A large dev slice must not eat the whole budget: a run cut short makes evals_per_epoch
+    dev checks, not the whole plan's (a 518-query slice once left 1 step of 3498)."""
+    from searchpipe.training.train import budget_steps
+
+    cfg = RerankerTrainConfig(data="d", output="o")  # 30 minutes, 3 checks per epoch
+    steps, info = budget_steps(cfg, planned=3498, pair_rate=7.8, dev_pairs=518 * 20)
+    rate, one_eval = 0.85 * 7.8, 518 * 20 / (6 * 0.85 * 7.8)
+    assert steps == int((1800 - 3 * one_eval) * rate / 36) and 100 < steps < 3498
+    small, _ = budget_steps(cfg, planned=100, pair_rate=7.8, dev_pairs=81 * 20)
+    assert small == 100  # the whole plan fits
+    assert info["pairs_per_step"] == 36

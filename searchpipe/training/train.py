@@ -770,9 +770,16 @@ def budget_steps(
     group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
     step_pairs = cfg.batch_size * group
     rate = 0.85 * pair_rate  # the optimiser step and data loading on top of the passes
-    evals = cfg.evals_per_epoch * max(cfg.epochs, 1.0)
-    eval_seconds = evals * dev_pairs / (6 * rate)  # forward only, no gradients: ~6-8x faster
-    fit = int((60 * cfg.time_budget - eval_seconds) * rate / step_pairs)
+    one_eval = dev_pairs / (6 * rate)  # forward only, no gradients: ~6-8x faster
+
+    def fitting(evals: float) -> int:
+        return int((60 * cfg.time_budget - evals * one_eval) * rate / step_pairs)
+
+    # a run cut short still has evals_per_epoch dev checks (see _trainer_args); the whole plan
+    # has that many per epoch
+    fit = fitting(cfg.evals_per_epoch)
+    if fit >= planned:
+        fit = fitting(cfg.evals_per_epoch * max(cfg.epochs, 1.0))
     steps = planned if cfg.time_budget == 0 else max(1, min(planned, fit))
     return steps, {
         "planned_steps": planned,
