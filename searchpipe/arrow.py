@@ -1,10 +1,23 @@
-"""Arrow helpers every layer shares: embeddings as fixed-size lists, model text, added columns."""
+"""Arrow helpers every layer shares: embeddings as fixed-size lists, model text, added
+columns, and reading an Arrow IPC file batch by batch."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+
+def file_batches(path: str | Path) -> Iterator[pa.RecordBatch]:
+    """The record batches of an Arrow IPC file, memory-mapped, one at a time."""
+    with pa.memory_map(str(path)) as source:
+        reader = ipc.open_file(source)
+        for i in range(reader.num_record_batches):
+            yield reader.get_batch(i)
 
 
 def vectors_to_arrow(vectors: np.ndarray) -> pa.FixedSizeListArray:

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from searchpipe.arrow import file_batches
 from searchpipe.errors import InputError
 from searchpipe.stages.base import Source, Stage
 
@@ -147,10 +148,7 @@ def with_progress(
 
 def read_parts(folder: Path) -> Iterator[pa.RecordBatch]:
     for part in sorted(folder.glob("part-*.arrow")):
-        with pa.memory_map(str(part)) as source:
-            reader = ipc.open_file(source)
-            for j in range(reader.num_record_batches):
-                yield reader.get_batch(j)
+        yield from file_batches(part)
 
 
 def _complete(

@@ -158,29 +158,6 @@ def _body_changed(trained: Path, init: Path) -> bool:
     return any(not np.array_equal(before[k], after[k]) for k in before)
 
 
-def test_short_reranker_training_writes_a_folder_rerank_loads(
-    tiny, tmp_path: Path, no_test_qrels: list[str]
-) -> None:
-    from searchpipe.models.crossencoder import CrossEncoderScorer
-    from searchpipe.models.resolve import resolve_model
-    from searchpipe.training.train import train_reranker
-
-    data, _ = tiny
-    out = tmp_path / "reranker"
-    summary = train_reranker(
-        RerankerTrainConfig(
-            data=data, output=out, index="tiny", max_steps=2, batch_size=4, max_length=32,
-            eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
-        )
-    )  # fmt: skip
-    assert summary["steps"] == 2 and summary["train_queries"] == 18
-    scorer = CrossEncoderScorer(str(out))
-    scores = scorer.score(["tiny query", "tiny query"], ["a document", "another one"])
-    assert scores.shape == (2,) and np.isfinite(scores).all()
-    assert _body_changed(out, resolve_model("minilm").path)
-    assert not any("test" in Path(p).name for p in no_test_qrels)
-
-
 def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Path) -> None:
     from searchpipe.models.biencoder import BiEncoder
     from searchpipe.training.train import train_embedder
@@ -283,10 +260,11 @@ def test_cli_train_refuses_test_split_and_unknown_keys(tiny, tmp_path: Path) -> 
     assert result.exit_code == 2 and "unknown key 'learning_rate'" in result.output
 
 
-def test_reranker_loss_falls_and_its_folder_records_length_and_usage(
+def test_reranker_training_learns_and_writes_a_folder_that_records_its_length_and_usage(
     tiny, tmp_path: Path, no_test_qrels: list[str]
 ) -> None:
     from searchpipe.models.crossencoder import CrossEncoderScorer, rerank_usage
+    from searchpipe.models.resolve import resolve_model
     from searchpipe.training.train import train_reranker
 
     data, _ = tiny
@@ -298,8 +276,13 @@ def test_reranker_loss_falls_and_its_folder_records_length_and_usage(
             progress=False,
         )
     )  # fmt: skip
+    assert summary["steps"] == 16 and summary["train_queries"] == 18
     assert summary["loss"]["last"] < summary["loss"]["first"]
-    assert CrossEncoderScorer(str(out)).max_length == 48  # inference uses the trained length
+    scorer = CrossEncoderScorer(str(out))
+    scores = scorer.score(["tiny query", "tiny query"], ["a document", "another one"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert _body_changed(out, resolve_model("minilm").path)
+    assert scorer.max_length == 48  # inference uses the trained length
     assert CrossEncoderScorer(str(out), max_length=300).max_length == 300  # not capped at 48
     usage = rerank_usage(out)
     assert usage is not None and usage["max_length"] == 48

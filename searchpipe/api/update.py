@@ -34,7 +34,6 @@ from searchpipe.errors import InputError
 from searchpipe.index.layout import (
     CONTENT_SHA256,
     DOC_STORE_SCHEMA,
-    VECTORS_FILE,
     content_sha256,
 )
 from searchpipe.index.store import (
@@ -195,17 +194,15 @@ def _known_docs(index: Index) -> dict[str, tuple[int, str]]:
 
 
 def _stored(index: Index) -> pa.Table:
-    """The index's ``vectors.arrow`` (content sha256 and embedding per row), memory-mapped."""
-    import pyarrow.ipc as ipc
-
-    path = index.version_dir / VECTORS_FILE
-    if not path.is_file():
+    """The index's ``vectors.arrow`` (content sha256 and embedding per row), memory-mapped
+    when the index was opened."""
+    if index.vectors is None:
         raise InputError(
             f"index {index.name} was built by an older searchpipe without stored vectors, so it "
             "cannot be updated in place; rebuild it once with: searchpipe index CORPUS --name "
             f"{index.name}"
         )
-    return ipc.open_file(pa.memory_map(str(path))).read_all()
+    return index.vectors
 
 
 def _kept_rows(index: Index, drop: set[int]) -> Iterator[pa.RecordBatch]:

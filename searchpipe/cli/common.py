@@ -19,7 +19,6 @@ import click
 from pydantic import BaseModel
 
 from searchpipe.config import load_config, validate
-from searchpipe.errors import InputError
 
 
 def emit(obj: Any) -> None:
@@ -103,9 +102,3 @@ config_option = click.option(
     default=None,
     help="YAML file with a search: section (as searchpipe tune writes); flags override it.",
 )
-
-
-def require(value: Any, message: str) -> Any:
-    if value is None:
-        raise InputError(message)
-    return value

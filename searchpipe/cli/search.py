@@ -22,7 +22,7 @@ from searchpipe.cli.common import (
     options_from,
     settings_of,
 )
-from searchpipe.config import SearchConfig, SearchSettings
+from searchpipe.config import SearchConfig, SearchSettings, read_config, validate
 from searchpipe.errors import InputError
 
 #: the fields ``SearchConfig`` adds to ``SearchSettings``, given as NAME, --queries, --output
@@ -30,13 +30,12 @@ _RUN_FIELDS = ("index", "queries", "output")
 
 
 def _settings(config_file: Path | None, flags: dict[str, Any]) -> SearchSettings:
-    """Search settings from ``--config`` (its search: section, without the run fields) and flags."""
-    if config_file is None:
-        return settings_of(SearchSettings, given(flags), None, None)
-    full = settings_of(
-        SearchConfig, {"queries": ".", "output": ".", **given(flags)}, config_file, "search"
-    )
-    return SearchSettings(**full.model_dump(exclude=set(_RUN_FIELDS)))
+    """Search settings from ``--config`` (its search: section, less the run fields) and flags."""
+    raw = read_config(config_file, SearchConfig, "search") if config_file is not None else {}
+    for key in _RUN_FIELDS:
+        raw.pop(key, None)
+    source = str(config_file) if config_file is not None else "command-line options"
+    return validate({**raw, **given(flags)}, SearchSettings, source=source)
 
 
 def _searcher(name: str, index_dir: Path | None, settings: SearchSettings) -> Any:

@@ -19,11 +19,9 @@ from typing import Any
 
 from searchpipe.errors import InputError
 from searchpipe.eval.metrics import DEFAULT_METRICS, _ranx
-from searchpipe.eval.runs import read_qrels, read_run
+from searchpipe.eval.runs import Run, read_qrels, read_run
 
 STAT_TESTS = ("student", "fisher")
-
-Run = dict[str, dict[str, float]]
 
 
 def _named_runs(runs: Any) -> dict[str, Run]:

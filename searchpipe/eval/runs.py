@@ -15,7 +15,7 @@ import pyarrow as pa
 from searchpipe import columns as C
 from searchpipe.errors import InputError
 
-Run = dict[str, dict[str, float]]
+Run = dict[str, dict[str, float]]  # {query_id: {doc_id: score}}
 
 
 def output_format(path: Path) -> str:
@@ -103,7 +103,7 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
-def read_run(path: str | Path) -> dict[str, dict[str, float]]:
+def read_run(path: str | Path) -> Run:
     """A run ``{query_id: {doc_id: score}}`` from an Arrow run file or a TREC run file."""
     path = Path(path)
     if not path.is_file():
@@ -111,7 +111,7 @@ def read_run(path: str | Path) -> dict[str, dict[str, float]]:
     fmt = (
         "trec" if path.suffix.lower() not in (".arrow", ".ipc", ".feather") else output_format(path)
     )
-    run: dict[str, dict[str, float]] = {}
+    run: Run = {}
     if fmt == "arrow":
         import pyarrow as pa
         import pyarrow.ipc as ipc

@@ -16,11 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from searchpipe import columns as C
-from searchpipe.arrow import arrow_to_vectors
+from searchpipe.arrow import arrow_to_vectors, file_batches
 from searchpipe.index.layout import DOCS_FILE, VECTORS_FILE
 
 if TYPE_CHECKING:
@@ -118,16 +116,9 @@ def tune_search_params(
     }
 
 
-def _batches(path: Path) -> Iterator[pa.RecordBatch]:
-    with pa.memory_map(str(path)) as source:
-        reader = ipc.open_file(source)
-        for i in range(reader.num_record_batches):
-            yield reader.get_batch(i)
-
-
 def _vector_chunks(path: Path) -> Iterator[np.ndarray]:
     """The embeddings of a ``vectors.arrow`` file, batch by batch, in doc store row order."""
-    for batch in _batches(path):
+    for batch in file_batches(path):
         yield arrow_to_vectors(batch.column(C.EMBEDDING))
 
 
@@ -161,11 +152,11 @@ class TuneSearchParams:
 
 def _sample_texts(docs: Path, n: int, seed: int = 0) -> list[str]:
     """Title (or text) of ``n`` random documents of a doc store file."""
-    total = sum(b.num_rows for b in _batches(docs))
+    total = sum(b.num_rows for b in file_batches(docs))
     rows = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
     out: list[str] = []
     offset = 0
-    for batch in _batches(docs):
+    for batch in file_batches(docs):
         for r in rows[(rows >= offset) & (rows < offset + batch.num_rows)] - offset:
             title = batch.column(C.TITLE)[int(r)].as_py()
             out.append(title or batch.column(C.TEXT)[int(r)].as_py())

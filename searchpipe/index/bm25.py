@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from searchpipe import columns as C
-from searchpipe.arrow import joined_text
+from searchpipe.arrow import file_batches, joined_text
 from searchpipe.index.layout import BM25_DIR, DOCS_FILE
 from searchpipe.timing import timed
 
@@ -60,12 +60,7 @@ class BuildBM25:
     """A build hook: build BM25 from the staged doc store, into the staged version."""
 
     def __call__(self, writer: IndexWriter, faiss_index: Any) -> dict[str, Any]:
-        import pyarrow.ipc as ipc
-
-        with pa.memory_map(str(writer.path(DOCS_FILE))) as source:
-            reader = ipc.open_file(source)
-            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-            return build_bm25(batches, writer.path(BM25_DIR))
+        return build_bm25(file_batches(writer.path(DOCS_FILE)), writer.path(BM25_DIR))
 
 
 class BM25Index:

@@ -507,12 +507,8 @@ def check_index(name: str | Path, index_root: str | Path | None = None) -> dict[
     m = index.manifest
     counts = {"manifest doc_count": m.get("doc_count"), "faiss vectors": index.faiss_index.ntotal}
     counts["doc store rows"] = len(index)
-    vectors = index.version_dir / VECTORS_FILE
-    if vectors.is_file():
-        import pyarrow.ipc as ipc
-
-        with pa.memory_map(str(vectors)) as source:
-            counts["vectors.arrow rows"] = ipc.open_file(source).read_all().num_rows
+    if index.vectors is not None:
+        counts["vectors.arrow rows"] = index.vectors.num_rows
     if "bm25" in m:
         counts["bm25 docs"] = m["bm25"].get("docs")
     if len(set(counts.values())) != 1:

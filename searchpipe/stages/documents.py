@@ -30,8 +30,6 @@ from typing import Any
 
 from searchpipe.files import sha256_file
 
-FORMATS = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx")
-
 
 class Unreadable(Exception):
     """A file that is skipped, with the reason as its message."""
@@ -148,7 +146,7 @@ def read_document(path: Path, folder: Path) -> Document:
     reader = READERS.get(path.suffix.lower())
     if reader is None:
         raise Unreadable(
-            f"unknown format {path.suffix or '(no extension)'!r}; searchpipe reads {', '.join(FORMATS)}"
+            f"unknown format {path.suffix or '(no extension)'!r}; searchpipe reads {', '.join(READERS)}"
         )
     title, text, meta = reader(path)
     text = text.strip()

@@ -459,6 +459,21 @@ class Prepared:
             for p in self.positives(q)
         ]
 
+    def groups(self, ids: list[str], n: int, first: str) -> dict[str, list[str]]:
+        """Columns ``first`` (the query), ``positive``, ``negative_1`` .. ``negative_n``: one row
+        per judged positive of ``ids``; rows with fewer than ``n`` guarded negatives are left
+        out, since every row needs the same columns."""
+        cols: dict[str, list[str]] = {first: [], "positive": []}
+        cols.update({f"negative_{i + 1}": [] for i in range(n)})
+        for query, positive, negs in self.examples(ids):
+            if len(negs) < n:
+                continue
+            cols[first].append(query)
+            cols["positive"].append(positive)
+            for i, row in enumerate(negs[:n]):
+                cols[f"negative_{i + 1}"].append(self.texts[row])
+        return cols
+
     def dev_samples(self) -> list[dict[str, Any]]:
         """Dev queries with their positives and first-stage candidates, for model selection."""
         rng = np.random.default_rng(self.cfg.seed)
@@ -659,24 +674,14 @@ def reranker_dataset(prep: Prepared, cfg: RerankerTrainConfig) -> Any:
     added per positive (the listwise loss draws its random ones from the batch instead)."""
     from datasets import Dataset
 
-    n = cfg.mining.negatives
-    rng = np.random.default_rng(cfg.seed)
-    examples = prep.examples(prep.train_ids)
     if cfg.loss == "listwise":
-        cols: dict[str, list[str]] = {"query": [], "positive": []}
-        cols.update({f"negative_{i + 1}": [] for i in range(n)})
-        for query, positive, negs in examples:
-            if len(negs) < n:  # every row needs the same number of columns
-                continue
-            cols["query"].append(query)
-            cols["positive"].append(positive)
-            for i, row in enumerate(negs[:n]):
-                cols[f"negative_{i + 1}"].append(prep.texts[row])
-        return Dataset.from_dict(cols).shuffle(seed=cfg.seed)
+        groups = prep.groups(prep.train_ids, cfg.mining.negatives, "query")
+        return Dataset.from_dict(groups).shuffle(seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     pairs: dict[str, list[Any]] = {"query": [], "document": [], "label": []}
     rows = sorted(prep.texts)
     judged = {prep.query_text[q]: set(prep.qrels[q]) for q in prep.train_ids}
-    for query, positive, negs in examples:
+    for query, positive, negs in prep.examples(prep.train_ids):
         extra = [
             int(r)
             for r in rng.choice(rows, size=min(cfg.random_negatives, len(rows)), replace=False)
@@ -961,16 +966,7 @@ def train_embedder(
     torch.manual_seed(cfg.seed)
     prep = Prepared(cfg)
     n_neg = cfg.mining.negatives
-    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
-    for i in range(n_neg):
-        columns[f"negative_{i + 1}"] = []
-    for query, positive, negs in prep.examples(prep.train_ids):
-        if len(negs) < n_neg:  # every row needs the same number of columns
-            continue
-        columns["anchor"].append(query)
-        columns["positive"].append(positive)
-        for i, n in enumerate(negs[:n_neg]):
-            columns[f"negative_{i + 1}"].append(prep.texts[n])
+    columns = prep.groups(prep.train_ids, n_neg, "anchor")
     if not columns["anchor"]:
         raise InputError(
             f"no training triples: no query of {cfg.split} has a judged positive in the corpus "
