@@ -99,6 +99,7 @@ class Worker:
         self.threads = threads
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._run, name="searchpipe-infer", daemon=True)
+        self._stopping = threading.Event()
         self.batches = 0  # passes run, and queries answered in them (for /readyz and tests)
         self.answered = 0
 
@@ -111,9 +112,21 @@ class Worker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the job at hand; jobs still queued are cancelled."""
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(_STOP)  # wakes an idle worker; a busy one sees the flag
+        except queue.Full:
+            pass
         if self._thread.is_alive():
-            self._queue.put(_STOP)
             self._thread.join(timeout)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(job, SearchJob | Task):
+                job.future.cancel()
 
     @property
     def depth(self) -> int:
@@ -145,7 +158,7 @@ class Worker:
         return max(1, math.ceil(self._queue.qsize() / self.max_batch * 0.05))
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             job = self._queue.get()
             if job is _STOP:
                 return
@@ -154,7 +167,7 @@ class Worker:
                 continue
             batch, after = self._collect(job)
             self._answer(batch)
-            if after is _STOP:
+            if after is _STOP or self._stopping.is_set():
                 return
             if after is not None:
                 self._run_task(after)
