@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
 
 install: $(STAMP)
 
@@ -26,8 +26,20 @@ demo: install
 
 # lint first (seconds), then the suite: style, format, the layer contract (import-linter:
 # layers, no import circles, nothing imports the CLI), types, tests
-test: lint
+test: lint browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# headless Chromium for the search page's browser test (tests/test_serve_browser.py), from
+# Debian's packages (no browser download): installed when missing and root or password-less
+# sudo is at hand; otherwise, or if apt fails, that one test skips and says why
+APT_CHROMIUM = apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+browser:
+	@if [ -x /usr/bin/chromium ] && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		$(APT_CHROMIUM) >/dev/null || echo "make browser: apt-get could not install chromium; the browser test will skip"; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo sh -c '$(APT_CHROMIUM)' >/dev/null || echo "make browser: apt-get could not install chromium; the browser test will skip"; \
+	else echo "make browser: chromium is missing and there is no root or sudo to install it; the browser test will skip"; fi
 
 lint: install
 	$(BIN)/ruff check searchpipe tests benchmarks

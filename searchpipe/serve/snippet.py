@@ -1,13 +1,13 @@
 """Snippets: the window of a document's text that holds the most query terms, with their offsets.
 
-Terms match as BM25 sees them: lower-cased, English stopwords dropped, Snowball-stemmed (the
-same stemmer and stopword list as ``searchpipe.index.bm25``), so "crying" in a query marks
-"cries" in the text. The server returns offsets rather than markup: the web page builds the
+Terms match as BM25 sees them: lower-cased and Snowball-stemmed (the stemmer of
+``searchpipe.index.bm25``), so "crying" in a query marks "cries" in the text; stopwords are
+bm25s' longer English list, since marking every "why" and "do" helps no reader. The server returns offsets rather than markup: the web page builds the
 ``<mark>`` elements itself, so document text is never parsed as HTML.
 
 >>> s = Snippets("why do onions make you cry")
 >>> s("Chopping an onion makes your eyes water and you cry.", width=80)
-('Chopping an onion makes your eyes water and you cry.', [(12, 17), (18, 23), (44, 47), (48, 51)])
+('Chopping an onion makes your eyes water and you cry.', [(12, 17), (18, 23), (48, 51)])
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def _stemmer() -> Any:
 
 @lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
-    from bm25s.stopwords import STOPWORDS_EN
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    return frozenset(STOPWORDS_EN)
+    return frozenset(STOPWORDS_EN_PLUS)
 
 
 class Snippets:
