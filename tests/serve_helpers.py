@@ -45,8 +45,9 @@ def start(config: ServeConfig) -> TestClient:
 def oracle(
     index: Index, query: str, settings: dict[str, Any], reranker: Any = None
 ) -> list[tuple[str, float, int]]:
-    """(doc_id, score, rank) of each hit ``Searcher.search`` gives for the same settings."""
-    s = SearchSettings.model_validate(settings)
+    """(doc_id, score, rank) of each hit ``Searcher.search`` gives for the same settings (at
+    the server's default precision, fp32)."""
+    s = SearchSettings.model_validate({"precision": "fp32", **settings})
     hits = Searcher(index, s, reranker=reranker).search(query, s.k)
     return list(
         zip(

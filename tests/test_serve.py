@@ -18,6 +18,7 @@ from searchpipe.cli import main
 from searchpipe.config import SearchSettings
 from searchpipe.index.store import Index, check_index
 from searchpipe.serve.app import ServeConfig
+from searchpipe.serve.models import BatchSearchResponse, SearchResponse
 
 QUERIES = ["why do onions make you cry", "what makes Mars look red", "how do bees talk"]
 
@@ -90,6 +91,7 @@ def test_search_equals_searcher(served, sample_index: Index, settings: dict[str,
         )
         assert r.status_code == 200, r.text
         answer = r.json()
+        SearchResponse.model_validate(answer)  # the documented response model
         assert answer["index"] == "sample" and answer["version"] == sample_index.manifest["version"]
         assert got(answer) == oracle(sample_index, query, settings)
         assert set(answer["timings"]) == {"embed", "dense", "bm25", "fuse", "rerank"}
@@ -134,7 +136,7 @@ def test_batch_endpoint_answers_each_query_as_alone(served, sample_index: Index)
     body = {"queries": QUERIES, "k": 3, "retriever": "dense", "rerank": False}
     r = served.post("/v1/indexes/sample/search/batch", json=body)
     assert r.status_code == 200, r.text
-    results = r.json()["results"]
+    results = BatchSearchResponse.model_validate(r.json()).model_dump()["results"]
     assert [x["query"] for x in results] == QUERIES
     for query, result in zip(QUERIES, results, strict=True):
         expected = oracle(sample_index, query, {"k": 3, "retriever": "dense"})
@@ -148,7 +150,7 @@ def test_concurrent_queries_are_answered_in_one_pass(served, sample_index: Index
     server = server_of(served)
     gate = threading.Event()
     blocker = server.worker.submit_task(gate.wait)  # hold the worker while 12 queries queue up
-    settings = SearchSettings.model_validate({"k": 4})
+    settings = SearchSettings.model_validate({"k": 4, "precision": "fp32"})
     queries = [f"{q} {i}" for i in range(4) for q in QUERIES]
     futures = [server.worker.submit_search("sample", settings, q) for q in queries]
     gate.set()
@@ -159,7 +161,7 @@ def test_concurrent_queries_are_answered_in_one_pass(served, sample_index: Index
         expected = oracle(sample_index, query, {"k": 4})
         assert [h["doc_id"] for h in answer.hits] == [e[0] for e in expected]
         assert [h["score"] for h in answer.hits] == pytest.approx(
-            [e[1] for e in expected], abs=1e-4
+            [e[1] for e in expected], abs=1e-5
         )
 
 
@@ -353,7 +355,7 @@ def test_commits_by_another_writer_are_swapped_in_without_failing_a_request(
     for a in answers:
         assert [h[0] for h in got(a)] == [e[0] for e in expected[a["version"]]]
         assert [h[1] for h in got(a)] == pytest.approx(
-            [e[1] for e in expected[a["version"]]], abs=1e-4
+            [e[1] for e in expected[a["version"]]], abs=1e-5
         )
     assert old.closed  # retired and no request holds it any more
 

@@ -47,6 +47,14 @@ def read_api_key(path: Path) -> str:
     help="Torch threads of the inference worker [default: the CPUs this process may use].",
 )
 @click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "auto"]),
+    default="fp32",
+    show_default=True,
+    help="Of the query encoder and reranker. In bf16 an answer can depend on which queries "
+    "share its micro-batch; fp32 answers the same either way. 'auto': bf16 where the CPU has it.",
+)
+@click.option(
     "--max-batch",
     type=click.IntRange(min=1),
     default=32,
@@ -86,6 +94,7 @@ def serve(
     rerank: str | None,
     api_key_file: Path | None,
     threads: int | None,
+    precision: str,
     max_batch: int,
     batch_wait_ms: float,
     queue_size: int,
@@ -106,6 +115,7 @@ def serve(
         names=list(names),
         index_root=index_dir,
         rerank=rerank,
+        precision=precision,  # type: ignore[arg-type]  # click checked the choice
         api_key=read_api_key(api_key_file) if api_key_file is not None else None,
         threads=threads or len(os.sched_getaffinity(0)),
         max_batch=max_batch,

@@ -55,10 +55,11 @@ _BOUNDS: dict[str, Any] = {
     "rerank_depth": Field(le=LIMITS.max_rerank_depth),
     "filter": Field(max_length=LIMITS.max_filter_chars),
     "rrf_k": Field(le=1_000_000),
-    # JSON parsers accept NaN and Infinity; a weight of either makes every score NaN
-    "dense_weight": Field(allow_inf_nan=False),
-    "bm25_weight": Field(allow_inf_nan=False),
-    "rerank_blend": Field(allow_inf_nan=False),
+    # JSON parsers accept NaN and Infinity, and a weight near float32's range overflows the
+    # fused score: weights are bounded well inside it
+    "dense_weight": Field(allow_inf_nan=False, le=1e6),
+    "bm25_weight": Field(allow_inf_nan=False, le=1e6),
+    "rerank_blend": Field(allow_inf_nan=False, le=1e6),
 }
 
 

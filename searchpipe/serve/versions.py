@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from searchpipe.api.query import Searcher
-from searchpipe.config import SearchSettings
+from searchpipe.config import Precision, SearchSettings
 from searchpipe.errors import InputError
 from searchpipe.index.store import MANIFEST, Index, check_name, index_dir, read_manifest
 
@@ -34,22 +34,26 @@ SEARCHERS_PER_VERSION = 32  # distinct settings (filters, k, retrievers) kept bu
 class Models:
     """The loaded models, shared by all versions of all indexes; used on the worker thread only.
 
-    Query encoders are keyed by the weights' sha256 that the index manifest records, so every
-    version of an index (and every index built with the same model) shares one encoder.
+    Encoders are keyed by the weights' sha256 that the index manifest records and by
+    precision, so every version of an index (and every index of the same model) shares one
+    query encoder, and writes embed documents as ``searchpipe add`` does: at the precision the
+    index was built with.
     """
 
     def __init__(self, rerank: str | None) -> None:
         self.rerank = rerank
-        self.encoders: dict[str, Any] = {}
+        self.encoders: dict[tuple[str, str], Any] = {}
         self.reranker: Any = None
 
-    def encoder_for(self, index: Index) -> Any:
-        """The loaded query encoder of ``index``'s model, or None before its first search."""
-        return self.encoders.get(index.manifest["encoder"]["weights_sha256"])
+    @staticmethod
+    def _key(index: Index, precision: str) -> tuple[str, str]:
+        from searchpipe.models.precision import resolve_precision
+
+        return index.manifest["encoder"]["weights_sha256"], resolve_precision(precision)
 
     def searcher(self, index: Index, settings: SearchSettings) -> Searcher:
         """A ``Searcher`` for ``settings`` on ``index`` that loads each model once per server."""
-        key = index.manifest["encoder"]["weights_sha256"]
+        key = self._key(index, settings.precision)
         reranker = self.reranker if settings.rerank else None
         searcher = Searcher(index, settings, encoder=self.encoders.get(key), reranker=reranker)
         if searcher.encoder is not None:
@@ -57,6 +61,19 @@ class Models:
         if settings.rerank and self.reranker is None:
             self.reranker = searcher.reranker
         return searcher
+
+    def document_encoder(self, index: Index) -> Any:
+        """The encoder ``add_documents`` would load for ``index`` (its model, at the precision
+        and length it was built with), loaded once."""
+        built = index.manifest["encoder"]
+        key = self._key(index, built.get("precision", "auto"))
+        if key not in self.encoders:
+            from searchpipe.models.biencoder import BiEncoder
+
+            self.encoders[key] = BiEncoder(
+                built["name"], precision=key[1], max_length=built.get("max_length")
+            )
+        return self.encoders[key]
 
 
 class ServedVersion:
@@ -126,13 +143,18 @@ class Registry:
     """The current version of each served index, and the models."""
 
     def __init__(
-        self, names: list[str], models: Models, index_root: str | Path | None = None
+        self,
+        names: list[str],
+        models: Models,
+        index_root: str | Path | None = None,
+        precision: Precision = "fp32",
     ) -> None:
         if not names:
             raise InputError("name at least one index to serve")
         self.names = [check_name(n) for n in dict.fromkeys(names)]
         self.root = index_dir(index_root)
         self.models = models
+        self.precision = precision  # of every search this server runs (see ServeConfig)
         self.current: dict[str, ServedVersion] = {}
         self.ready = False
         self._lock = threading.Lock()
