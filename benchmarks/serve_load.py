@@ -310,18 +310,32 @@ def kill_mid_write(home: Path, queries: list[str], args: argparse.Namespace) -> 
     for d in docs:
         d.pop("_id", None)
 
+    write_status: list[int] = []
+
     def write() -> None:
         try:
-            httpx.post(f"{served.url}/v1/indexes/{NAME}/documents", json={"documents": docs},
-                       headers=headers, timeout=120)  # fmt: skip
+            r = httpx.post(f"{served.url}/v1/indexes/{NAME}/documents", json={"documents": docs},
+                           headers=headers, timeout=120)  # fmt: skip
+            write_status.append(r.status_code)
         except httpx.HTTPError:
             pass  # the server is killed under it
 
+    stop = threading.Event()
+    during: dict[str, Any] = {}
+
+    def searches() -> None:
+        during.update(asyncio.run(load(served.url, queries, args.clients, 0, headers, stop)))
+
+    clients = threading.Thread(target=searches)
+    clients.start()
+    time.sleep(0.5)
     writer = threading.Thread(target=write)
     writer.start()
     time.sleep(args.kill_after)
-    served.kill()
+    served.kill()  # mid-load, and (unless it was quick) mid-write
+    stop.set()
     writer.join()
+    clients.join()
     after_kill = read_manifest(home / "indexes" / NAME)["version"]
     served = Served(home, "--api-key-file", str(key_file))
     try:
@@ -336,6 +350,8 @@ def kill_mid_write(home: Path, queries: list[str], args: argparse.Namespace) -> 
     version, expected = oracle(home, queries)
     wrong, unknown = mismatches(run.pop("answers"), {version: expected})
     result = {
+        "searches_before_kill": len(during.get("answers", [])),
+        "write_answered_before_kill": bool(write_status),
         "version_before": before,
         "committed_version_after_kill": after_kill,
         "served_after_restart": info["version"],
@@ -407,7 +423,9 @@ def _print_live(live: dict[str, Any]) -> None:
 
 def _print_kill(k: dict[str, Any]) -> None:
     print(
-        f"kill -9 mid-write: committed v{k['committed_version_after_kill']} (was "
+        f"kill -9 mid-load ({k['searches_before_kill']} searches answered) and "
+        f"{'after' if k['write_answered_before_kill'] else 'mid'}-write: committed "
+        f"v{k['committed_version_after_kill']} (was "
         f"v{k['version_before']}), served v{k['served_after_restart']} after restart, check exit "
         f"{k['check_exit']}, {k['failed_after_restart']} failed / {k['wrong_hits']} wrong of "
         f"{k['requests_after_restart']} after restart"

@@ -380,3 +380,28 @@ def test_cli_serve_help_and_refusals(sample_home: Path, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 2 and "shorter than 16" in result.output
+
+
+def test_a_damaged_new_version_is_logged_and_the_old_one_keeps_serving(
+    writable, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, root = writable
+    server = server_of(client)
+    manifest = root / "sample" / "manifest.json"
+    good = manifest.read_bytes()
+    serving = server.registry.served_version("sample")
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_bytes(good.replace(b'"version": ', b'"version": 1', 1)[:-40])  # cut short
+    with caplog.at_level("WARNING", logger="searchpipe.serve"):
+        tmp.replace(manifest)
+        try:
+            t0 = time.monotonic()
+            while "could not be opened" not in caplog.text:
+                assert time.monotonic() - t0 < 10, "the watcher did not report the damage"
+                time.sleep(0.02)
+            r = client.post("/v1/indexes/sample/search", json={"query": "bees"}, headers=auth())
+            assert r.status_code == 200 and r.json()["version"] == serving
+        finally:
+            tmp.write_bytes(good)
+            tmp.replace(manifest)
+    assert client.get("/readyz").status_code == 200

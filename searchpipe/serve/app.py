@@ -25,8 +25,10 @@ import hmac
 import json
 import logging
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +63,7 @@ from searchpipe.serve.worker import Answer, Busy, Expired, Worker
 
 log = logging.getLogger("searchpipe.serve")
 STATIC = Path(__file__).parent / "static"
+MAX_PENDING_WRITES = 8  # writes waiting for the write thread before new ones get 503
 
 
 @dataclass
@@ -135,6 +138,10 @@ class Server:
         self.watcher = Watcher(
             self.registry, lambda fn: self.worker.submit_task(fn, wait=True), config.poll_s
         )
+        # writes embed with their own encoder on their own thread, one at a time (as the
+        # index's lock allows), so searches keep being answered while a write embeds
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="searchpipe-write")
+        self._pending_writes = threading.BoundedSemaphore(MAX_PENDING_WRITES)
         self.startup_error: str | None = None
         self.startup_failure: BaseException | None = None
         #: called when loading fails (the CLI stops uvicorn then, and exits with the error)
@@ -165,6 +172,7 @@ class Server:
 
     def stop(self) -> None:
         self.watcher.stop()
+        self._writes.shutdown(wait=False, cancel_futures=True)
         self.worker.stop()
         self.registry.close()
 
@@ -216,12 +224,20 @@ class Server:
             ) from None
 
     async def write(self, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        future = self.worker.submit_task(fn)
+        """Run ``fn`` on the write thread; more than ``MAX_PENDING_WRITES`` waiting is 503."""
+        if not self._pending_writes.acquire(blocking=False):
+            raise Busy(5)
+        try:
+            future = self._writes.submit(fn)
+        except BaseException:
+            self._pending_writes.release()
+            raise
+        future.add_done_callback(lambda _: self._pending_writes.release())
         return await self._wait(asyncio.wrap_future(future), self.config.write_timeout_s)
 
     def add(self, name: str, documents: list[Any]) -> dict[str, Any]:
         """``add_documents`` with the documents as a JSONL corpus, then serve the new version
-        (worker thread)."""
+        (write thread)."""
         from searchpipe.api.update import add_documents
 
         served = self.registry.acquire(name)
@@ -244,8 +260,11 @@ class Server:
         return self._served_after(name, result)
 
     def _served_after(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        """Open the version a write committed (here) and have the worker warm and swap it in
+        before the write is answered, so the writer's next search sees its write."""
         if result.get("committed"):
-            self.registry.refresh(name)
+            new = self.registry.open(name)
+            self.worker.submit_task(lambda: self.registry.warm_and_install(new), wait=True).result()
         return {**result, "served_version": self.registry.served_version(name)}
 
 

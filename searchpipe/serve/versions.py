@@ -32,7 +32,8 @@ SEARCHERS_PER_VERSION = 32  # distinct settings (filters, k, retrievers) kept bu
 
 
 class Models:
-    """The loaded models, shared by all versions of all indexes; used on the worker thread only.
+    """The loaded models, shared by all versions of all indexes: the query encoders and the
+    reranker run on the worker thread only, the document encoders on the write thread only.
 
     Encoders are keyed by the weights' sha256 that the index manifest records and by
     precision, so every version of an index (and every index of the same model) shares one
@@ -44,6 +45,8 @@ class Models:
         self.rerank = rerank
         self.encoders: dict[tuple[str, str], Any] = {}
         self.reranker: Any = None
+        #: the write thread's own encoders: a model object is never run by two threads
+        self.document_encoders: dict[tuple[str, str], Any] = {}
 
     @staticmethod
     def _key(index: Index, precision: str) -> tuple[str, str]:
@@ -64,16 +67,16 @@ class Models:
 
     def document_encoder(self, index: Index) -> Any:
         """The encoder ``add_documents`` would load for ``index`` (its model, at the precision
-        and length it was built with), loaded once."""
+        and length it was built with), loaded once; for the write thread only."""
         built = index.manifest["encoder"]
         key = self._key(index, built.get("precision", "auto"))
-        if key not in self.encoders:
+        if key not in self.document_encoders:
             from searchpipe.models.biencoder import BiEncoder
 
-            self.encoders[key] = BiEncoder(
+            self.document_encoders[key] = BiEncoder(
                 built["name"], precision=key[1], max_length=built.get("max_length")
             )
-        return self.encoders[key]
+        return self.document_encoders[key]
 
 
 class ServedVersion:
@@ -197,15 +200,17 @@ class Registry:
             old.retire()
         return True
 
-    def refresh(self, name: str) -> ServedVersion:
-        """Open, warm and install the committed version of ``name`` if it is newer (worker)."""
-        served = self.open(name)
-        if served.version > self.served_version(name):
-            self.warm(served)
-            self.install(served)
-        else:
+    def warm_and_install(self, served: ServedVersion) -> None:
+        """Warm ``served`` and make it current, unless a newer version already is (worker)."""
+        if served.version <= self.served_version(served.name):
             served.retire()
-        return self.current[name]
+            return
+        try:
+            self.warm(served)
+        except BaseException:
+            served.retire()
+            raise
+        self.install(served)
 
     def served_version(self, name: str) -> int:
         current = self.current.get(name)
@@ -273,15 +278,7 @@ class Watcher:
         self._seen[name] = stamp
         self._failed.pop(name, None)
 
-        def warm_and_swap() -> None:
-            try:
-                self.registry.warm(served)
-            except BaseException:
-                served.retire()
-                raise
-            self.registry.install(served)
-
-        self.submit(warm_and_swap)
+        self.submit(lambda: self.registry.warm_and_install(served))
         return True
 
     def _note_failure(self, name: str, e: Exception) -> None:

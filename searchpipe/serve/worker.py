@@ -8,9 +8,10 @@ waiting) up to ``max_batch``, groups them by index and settings, and answers eac
 them as one matrix, BM25 and the reranker take them together. Each job then gets its own
 hits. ``max_batch=1`` turns micro-batching off.
 
-Other work that needs the models (warming a new index version, a write that embeds
-documents) goes through the same queue as a task, so the models have one owner and a version
-swap happens between two batches, never inside one.
+Other work that needs the worker's models (warming a new index version before it is swapped
+in) goes through the same queue as a task, so those models have one owner and a swap happens
+between two batches, never inside one. (Writes embed documents with their own encoder on the
+server's write thread, so searches keep being answered while a write runs.)
 
 >>> worker = Worker(registry, max_batch=32, max_wait_s=0.002)  # doctest: +SKIP
 >>> worker.start(); future = worker.submit_search("sample", SearchSettings(), "bees")  # doctest: +SKIP
