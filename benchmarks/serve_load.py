@@ -370,7 +370,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--commits", type=int, default=5)
-    parser.add_argument("--kill-after", type=float, default=1.0, help="seconds into the write")
+    parser.add_argument("--kill-after", type=float, default=3.0, help="seconds into the write")
     parser.add_argument("--work", type=Path, default=None, help="folder to keep (default: temp)")
     parser.add_argument("--phases", default="throughput,live,kill", help="which to run")
     parser.add_argument("--json", action="store_true")

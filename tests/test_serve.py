@@ -49,6 +49,12 @@ def server_of(client: Any) -> Any:
 
 
 def test_health_readiness_listing_and_docs(served, sample_home: Path) -> None:
+    # ready means warm: the models a plain request uses are loaded, and only those
+    loaded = set(server_of(served).models.encoders)
+    assert {precision for _, precision in loaded} == {"fp32"} and len(loaded) == 1
+    assert server_of(served).models.reranker is not None
+    assert served.post("/v1/indexes/sample/search", json={"query": "bees"}).status_code == 200
+    assert set(server_of(served).models.encoders) == loaded
     assert served.get("/healthz").json() == {"status": "ok"}
     ready = served.get("/readyz").json()
     manifest = Index.open(sample_home / "indexes" / "sample").manifest
