@@ -100,6 +100,9 @@ def test_every_command_runs_once_on_the_sample(home: Path) -> None:
     assert json.loads(cli("check", "s", "--json"))["ok"]
     assert json.loads(cli("add", "s", more, "--json"))["added"] == 10
     assert json.loads(cli("delete", "s", "--ids", "d001,d002", "--json"))["deleted"] == 2
+    # serve runs until stopped: here it refuses a missing index; tests/test_serve_browser.py
+    # runs it for real
+    cli("serve", "no-such-index", "--port", "0", code=2)
 
     job = {
         "index": {"name": "job", "corpus": str(small)},

@@ -411,3 +411,18 @@ def test_a_damaged_new_version_is_logged_and_the_old_one_keeps_serving(
             tmp.write_bytes(good)
             tmp.replace(manifest)
     assert client.get("/readyz").status_code == 200
+
+
+def test_cors_is_off_unless_an_origin_is_given(sample_home: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from searchpipe.serve.app import create_app
+
+    preflight = {"Origin": "http://example.org", "Access-Control-Request-Method": "POST"}
+    for cors, allowed in (([], None), (["http://example.org"], "http://example.org")):
+        # no lifespan: the middleware answers preflights before any model is loaded
+        app = create_app(
+            ServeConfig(names=["sample"], index_root=sample_home / "indexes", cors=cors)
+        )
+        r = TestClient(app).options("/v1/indexes/sample/search", headers=preflight)
+        assert r.headers.get("access-control-allow-origin") == allowed

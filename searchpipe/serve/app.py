@@ -75,8 +75,8 @@ class ServeConfig:
     rerank: str | None = None
     #: of the query encoder and reranker. fp32 by default: in bf16 a query's embedding depends
     #: on which queries share its micro-batch (padding and kernel blocking change the rounding,
-    #: by up to 2e-3 on MiniLM), so the same query could rank differently from one request to
-    #: the next; in fp32 batched and single answers agree to 1e-6. 'auto' is faster.
+    #: by up to 1.6e-3 per coordinate on MiniLM), so a query could rank differently from one
+    #: request to the next; in fp32 batched and single answers agree to 1e-6. 'auto' is faster.
     precision: Precision = "fp32"
     api_key: str | None = None
     threads: int | None = None
@@ -286,7 +286,10 @@ class BoundedJSONBody:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = self.limit_for(scope["path"])
         length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        if length is not None and not length.isdigit():
+            await _send_error(send, 400, "bad_content_length", "Content-Length is not a number")
+            return
+        if length is not None and int(length) > limit:
             await _send_error(
                 send, 413, "body_too_large", f"request bodies are limited to {limit} bytes"
             )
