@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +43,23 @@ def start(config: ServeConfig) -> TestClient:
     return client
 
 
+@lru_cache(maxsize=1)
+def fp32_encoder() -> Any:
+    """The oracle's own MiniLM at the server's default precision, loaded once per session."""
+    from searchpipe.models.biencoder import BiEncoder
+
+    return BiEncoder("minilm", precision="fp32", max_length=256)
+
+
 def oracle(
     index: Index, query: str, settings: dict[str, Any], reranker: Any = None
 ) -> list[tuple[str, float, int]]:
     """(doc_id, score, rank) of each hit ``Searcher.search`` gives for the same settings (at
     the server's default precision, fp32)."""
     s = SearchSettings.model_validate({"precision": "fp32", **settings})
-    hits = Searcher(index, s, reranker=reranker).search(query, s.k)
+    encoder = fp32_encoder()
+    assert encoder.max_length == index.manifest["encoder"]["max_length"]
+    hits = Searcher(index, s, encoder=encoder, reranker=reranker).search(query, s.k)
     return list(
         zip(
             hits.column("doc_id").to_pylist(),
