@@ -3,8 +3,8 @@
     python benchmarks/long_documents.py ../shared/data/scifact [--group 10] [--json]
 
 Builds a collection of long documents from a BEIR folder: each run of ``--group`` consecutive
-corpus documents (in file order) becomes one document, their titles and texts joined as
-paragraphs, and each test qrel is mapped to the long document that holds its abstract (the
+corpus documents (in file order) becomes one untitled document, their titles and texts
+joined as paragraphs, and each test qrel is mapped to the long document that holds its abstract (the
 highest grade wins). Then, through the public API with default settings, it indexes and
 searches it:
 
@@ -48,8 +48,9 @@ def long_collection(data: Path, out: Path, group: int) -> tuple[Path, Path]:
             for d in part:
                 owner[str(d["_id"])] = doc_id
             text = "\n\n".join(f"{d.get('title', '')}\n{d['text']}".strip() for d in part)
-            title = f"{part[0].get('title', '')} and {len(part) - 1} more"
-            f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+            # no title of its own: each abstract's title is in the text, and the first one's
+            # would mislead every passage (0.690 instead of 0.713 hybrid on SciFact)
+            f.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
     grades: dict[tuple[str, str], int] = {}
     lines = (data / "qrels" / "test.tsv").read_text().splitlines()
     for line in lines[1:] if lines and lines[0].startswith("query") else lines:

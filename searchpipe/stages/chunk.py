@@ -24,6 +24,7 @@ and BM25; search then scores a document by its best passage (``stages.aggregate`
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -89,11 +90,15 @@ def split(text: str, offsets: np.ndarray, budget: int, overlap: int) -> list[tup
         if n - start <= budget:
             end = n
         else:
-            lo, hi = start + max(budget // 2, 1), start + budget  # an end in [lo, hi]
+            # passages of about equal size: the rest in as few passages as fit the budget
+            parts = math.ceil((n - start - overlap) / max(budget - overlap, 1))
+            size = min(budget, math.ceil((n - start - overlap) / parts) + overlap)
+            lo, hi = start + max(size // 2, 1), start + budget  # an end in [lo, hi]
             window = strength[lo : hi + 1]
             best = int(window.max())
-            # the latest boundary of the strongest kind; none at all: cut at the budget
-            end = lo + int(np.flatnonzero(window == best)[-1]) if best else hi
+            # the boundary of the strongest kind nearest that size; none at all: the budget
+            at = np.flatnonzero(window == best)
+            end = lo + int(at[np.argmin(np.abs(lo + at - (start + size)))]) if best else hi
         spans.append((int(offsets[start, 0]), int(offsets[end - 1, 1])))
         if end >= n:
             break

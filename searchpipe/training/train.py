@@ -425,7 +425,11 @@ class Prepared:
         )
         self.index = mining_index(cfg, self.work, cfg.progress)
         self.doc_ids = self.index.docs.column(C.DOC_ID).to_pylist()
-        self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
+        # a document's first passage (rows are written passage 0 first) stands for it, unless
+        # the first stage found a better passage for the query (``positives``)
+        self.doc_row: dict[str, int] = {}
+        for i, d in enumerate(self.doc_ids):
+            self.doc_row.setdefault(d, i)
         unknown = {d for q in qrels.values() for d in q if d not in self.doc_row}
         if unknown:
             log.warning(
@@ -443,13 +447,27 @@ class Prepared:
             cfg.mining.sample,
             cfg.seed,
         )
+        self.best_row = {
+            (q, self.doc_ids[r]): r
+            for q, r in zip(
+                self.candidates.column(C.QUERY_ID).to_pylist(),
+                self.candidates.column(C.DOC_ROW).to_pylist(),
+                strict=True,
+            )
+        }
         needed = [r for q in qrels for r in self.negatives.get(q, [])]
         needed += [self.doc_row[d] for q in qrels.values() for d in q if d in self.doc_row]
         needed += self.candidates.column(C.DOC_ROW).to_pylist()
         self.texts = self.index.texts(needed)
 
     def positives(self, q: str) -> list[int]:
-        return [self.doc_row[d] for d, r in self.qrels[q].items() if r > 0 and d in self.doc_row]
+        """Rows of the judged positives of ``q``: the passage the first stage ranked best for
+        ``q``, or the document's first passage."""
+        return [
+            self.best_row.get((q, d), self.doc_row[d])
+            for d, r in self.qrels[q].items()
+            if r > 0 and d in self.doc_row
+        ]
 
     def examples(self, ids: list[str]) -> list[tuple[str, str, list[int]]]:
         """(query text, positive's text, negative rows) for each judged positive of ``ids``."""
