@@ -147,11 +147,15 @@ class JobConfig(StrictModel):
     """A batch job (``searchpipe run CONFIG.yaml``): build an index, search, evaluate.
 
     Each section is optional, but a job does something: a ``search:`` without ``index:`` names
-    an existing index (``search.index``), which is what ``searchpipe tune`` writes.
+    an existing index (``search.index``), which is what ``searchpipe tune`` writes. A
+    ``pipeline:`` lists stages of its own (``searchpipe.stages.registry``); ``eval:`` then
+    scores the file its last ``write`` stage writes.
     """
 
     index: IndexConfig | None = None
     search: SearchConfig | None = None
+    #: stages by name with their settings (``searchpipe.stages.registry``), run after index:
+    pipeline: list[dict[str, dict[str, Any] | None]] | None = None
     eval: EvalConfig | None = None
     index_dir: Path | None = None  # default: $SEARCHPIPE_HOME/indexes or ./indexes
 

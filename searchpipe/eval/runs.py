@@ -24,13 +24,16 @@ def output_format(path: Path) -> str:
         ".arrow": "arrow",
         ".ipc": "arrow",
         ".feather": "arrow",
+        ".parquet": "parquet",
         ".jsonl": "jsonl",
         ".trec": "trec",
         ".run": "trec",
         ".txt": "trec",
     }
     if ext not in formats:
-        raise InputError(f"cannot tell the output format of {path}; use .arrow, .jsonl or .trec")
+        raise InputError(
+            f"cannot tell the output format of {path}; use .arrow, .parquet, .jsonl or .trec"
+        )
     return formats[ext]
 
 
@@ -108,18 +111,21 @@ def read_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"run file {path} does not exist")
-    fmt = (
-        "trec" if path.suffix.lower() not in (".arrow", ".ipc", ".feather") else output_format(path)
-    )
+    tabular = (".arrow", ".ipc", ".feather", ".parquet")
+    fmt = "trec" if path.suffix.lower() not in tabular else output_format(path)
     run: Run = {}
-    if fmt == "arrow":
+    if fmt in ("arrow", "parquet"):
         import pyarrow as pa
         import pyarrow.ipc as ipc
+        import pyarrow.parquet as pq
 
         try:
-            table = ipc.open_file(pa.memory_map(str(path))).read_all()
+            if fmt == "parquet":
+                table = pq.read_table(path)
+            else:
+                table = ipc.open_file(pa.memory_map(str(path))).read_all()
         except pa.ArrowInvalid as e:
-            raise InputError(f"{path} is not an Arrow run file ({e})") from None
+            raise InputError(f"{path} is not an {fmt} run file ({e})") from None
         missing = [
             c for c in (C.QUERY_ID, C.DOC_ID, C.SCORE, C.RANK) if c not in table.schema.names
         ]
