@@ -38,7 +38,7 @@ def all_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[st
     out = []
     for name, cmd in sorted(group.commands.items()):
         out.append((*prefix, name))
-        if isinstance(cmd, click.Group):
+        if isinstance(cmd, click.Group) and not cmd.chain:  # pipe's stages: those of stage
             out += all_paths(cmd, (*prefix, name))
     return out
 
@@ -154,7 +154,17 @@ def test_every_command_runs_once_on_the_sample(home: Path) -> None:
     assert json.loads((home / "sn.jsonl").read_text().splitlines()[0])["title"]
     cli("stage", "lookup", "--input", home / "b.trec", "--index", "s", "--queries", q,
         "--output", home / "l.arrow")  # fmt: skip
-    cli("stage", "chunk", "--input", small, "--tokens", "32", "--output", home / "chunks.arrow")
+    cli("stage", "ingest", "--input", small, "--output", home / "docs.arrow")
+    cli(
+        "stage",
+        "chunk",
+        "--input",
+        home / "docs.arrow",
+        "--tokens",
+        "32",
+        "--output",
+        home / "chunks.arrow",
+    )
     assert read_run(home / "chunks.arrow").num_rows > 60
     cli("pipe", q, "-o", home / "p.trec", "ingest", "--kind", "query", "retrieve-bm25",
         "--index", "s", "cut", "-k", "2")  # fmt: skip

@@ -268,9 +268,7 @@ def test_updates_work_by_document(
     mine = after.docs.filter(pa.compute.equal(after.docs.column(C.DOC_ID), "long01")).to_pylist()
     # only the changed document was chunked and embedded again, all of its passages
     assert sorted(embedded) == sorted(f"{p[C.TITLE]} {p[C.TEXT]}" for p in mine)
-    assert [p[C.PASSAGE] for p in mine] == list(range(len(mine))) and len(mine) >= old_rows[
-        "long01"
-    ]
+    assert [p[C.PASSAGE] for p in mine] == list(range(len(mine)))
     assert all(p[C.TEXT] == changed["text"][p[C.START] : p[C.END]] for p in mine)
     assert "comets" in mine[-1][C.TEXT]
     gone = delete_documents("ix", ["long03"], root)

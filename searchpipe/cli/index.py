@@ -118,8 +118,9 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
     click.echo(f"vectors    {enc['dim']}-d, {m['metric']}, factory {m['factory']}")
     if m.get("truncation"):
         t = m["truncation"]
+        unit = "passages" if chunking.get("tokens") else "docs"
         click.echo(
-            f"truncation {t['docs']} of {t['of']} docs longer than {t['max_length']} tokens "
+            f"truncation {t['docs']} of {t['of']} {unit} longer than {t['max_length']} tokens "
             f"({t['tokens_cut']} tokens cut)"
         )
     if m.get("ann"):
