@@ -252,3 +252,17 @@ def test_stages_lists_every_stage_with_its_columns_and_settings() -> None:
         one["settings"]["model"]["required"] and one["settings"]["depth"]["type"] == "int or none"
     )
     assert "unknown stage 'rernk'" in cli("stages", "rernk", code=2)
+
+
+def test_the_shipped_configs_validate_and_the_pipeline_config_runs(indexed: Path) -> None:
+    from searchpipe.config import load_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_config(root / "default.yaml").index.chunk_overlap == 32
+    job = yaml.safe_load((root / "pipeline.yaml").read_text())
+    job["pipeline"][-1] = {"write": {"path": str(indexed / "run.jsonl")}}
+    (indexed / "p.yaml").write_text(yaml.safe_dump(job).replace("../", f"{root.parent}/"))
+    result = json.loads(cli("run", indexed / "p.yaml", "--json"))
+    assert result["eval"]["ndcg@10"] == pytest.approx(0.7822, abs=1e-4)  # the demo's figure
+    hit = json.loads((indexed / "run.jsonl").read_text().splitlines()[0])
+    assert hit["title"] and hit["highlights"] is not None

@@ -107,21 +107,24 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
 
 
 def read_run(path: str | Path) -> Run:
-    """A run ``{query_id: {doc_id: score}}`` from an Arrow run file or a TREC run file."""
+    """A run ``{query_id: {doc_id: score}}`` from a run file: Arrow, Parquet, JSONL or TREC."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"run file {path} does not exist")
-    tabular = (".arrow", ".ipc", ".feather", ".parquet")
+    tabular = (".arrow", ".ipc", ".feather", ".parquet", ".jsonl")
     fmt = "trec" if path.suffix.lower() not in tabular else output_format(path)
     run: Run = {}
-    if fmt in ("arrow", "parquet"):
+    if fmt != "trec":
         import pyarrow as pa
         import pyarrow.ipc as ipc
+        import pyarrow.json as pj
         import pyarrow.parquet as pq
 
         try:
             if fmt == "parquet":
                 table = pq.read_table(path)
+            elif fmt == "jsonl":
+                table = pj.read_json(path)
             else:
                 table = ipc.open_file(pa.memory_map(str(path))).read_all()
         except pa.ArrowInvalid as e:
