@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from searchpipe import columns as C
 from searchpipe.errors import InputError
+from searchpipe.eval.runs import TREC_SCHEMA, read_trec
 from searchpipe.files import sha256_file
 from searchpipe.stages.base import Source
 
@@ -27,14 +27,6 @@ FORMATS = {
     ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow", ".parquet": "parquet",
     ".jsonl": "jsonl", ".trec": "trec", ".run": "trec", ".txt": "trec",
 }  # fmt: skip
-TREC_SCHEMA = pa.schema(
-    [
-        (C.QUERY_ID, pa.string()),
-        (C.DOC_ID, pa.string()),
-        (C.RANK, pa.int32()),
-        (C.SCORE, pa.float32()),
-    ]
-)
 BATCH_ROWS = 65_536
 
 
@@ -46,52 +38,6 @@ def file_format(path: Path) -> str:
             "(.trec, .run, .txt)"
         )
     return fmt
-
-
-def read_trec(path: Path) -> pa.Table:
-    """A TREC run as hit columns; ranks are renumbered by score within each query, ties by doc
-    id, descending, as trec_eval (and ranx) order them, not by the rank field."""
-    qids: list[str] = []
-    dids: list[str] = []
-    scores: list[float] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 6:
-                raise InputError(
-                    f"{path}:{lineno}: a TREC run line has 6 fields (qid Q0 docid rank score "
-                    f"tag), got {len(parts)}"
-                )
-            try:
-                scores.append(float(parts[4]))
-            except ValueError:
-                raise InputError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
-            qids.append(parts[0])
-            dids.append(parts[2])
-    if not qids:
-        raise InputError(f"{path} holds no run lines")
-    # queries in first-seen order, each query's hits by score (ties: doc id, descending)
-    first: dict[str, int] = {}
-    for q in qids:
-        first.setdefault(q, len(first))
-    order = sorted(range(len(qids)), key=lambda i: dids[i], reverse=True)
-    order.sort(key=lambda i: (first[qids[i]], -scores[i]))  # stable: keeps the tie order
-    ranks, prev, r = [], None, 0
-    for i in order:
-        r = r + 1 if qids[i] == prev else 1
-        prev = qids[i]
-        ranks.append(r)
-    return pa.table(
-        [
-            pa.array([qids[i] for i in order], pa.string()),
-            pa.array([dids[i] for i in order], pa.string()),
-            pa.array(ranks, pa.int32()),
-            pa.array([scores[i] for i in order], pa.float32()),
-        ],
-        schema=TREC_SCHEMA,
-    )
 
 
 class Read(Source):
