@@ -6,11 +6,13 @@ each document becomes passages that fit, counted in the embedder's own tokens, w
 title the model reads beside each passage taken off the budget:
 
 - a document that fits is one passage, its whole text;
-- otherwise passages end at the strongest boundary in the back half of the budget
-  (a blank line, then a line break, then a sentence end, then a space; inside a word only
-  when a word is longer than the budget), and the next passage starts at the strongest
-  boundary within ``overlap`` tokens before that end, so a sentence cut in two is read
-  whole by one of them.
+- otherwise the rest of the document is cut into as few passages as fit, of about equal
+  size; each ends at the strongest boundary (a blank line, then a line break, then a
+  sentence end, then a space; inside a word only when a word is longer than the budget)
+  between half that size and the budget, the one nearest that size. The next passage
+  starts at the strongest boundary within ``overlap`` tokens before that end, so a sentence
+  cut in two is read whole by one of them. (Measured against filling each passage to the
+  budget: SciFact hybrid nDCG@10 0.7217 against 0.7110; ``benchmarks/long_documents.py``.)
 
 Every passage row keeps the document's ``doc_id``, title and metadata, its number
 (``passage``), its character offsets (``start``, ``end``: ``text`` is exactly
