@@ -53,7 +53,7 @@ def build(root: Path, factory: str, vectors: np.ndarray, buckets: np.ndarray) ->
                "dim": dim, "max_length": 16}  # fmt: skip
     hooks = [] if factory == "Flat" else [TuneSearchParams(0.95)]
     stage = BuildIndex(root, factory, encoder, {"corpus": {"path": "synthetic", "sha256": "-"}},
-                       n_docs=len(vectors), hooks=hooks)  # fmt: skip
+                       n_rows=len(vectors), hooks=hooks)  # fmt: skip
 
     def batches():
         for start in range(0, len(vectors), 10_000):

@@ -12,6 +12,13 @@ TITLE = "title"
 TEXT = "text"
 METADATA = "metadata"  # JSON text of any extra fields of the source record
 
+# chunk: one row per passage of a document; TEXT is then the passage, cut from the
+# document's text at [START, END) (character offsets)
+PASSAGE = "passage"  # int32, 0-based number of the passage within its document
+START = "start"  # int32
+END = "end"  # int32
+CONTENT_SHA256 = "content_sha256"  # the whole document's digest, on each of its passages
+
 # queries (ingest of a queries file): QUERY_ID and TEXT
 QUERY_ID = "query_id"
 
@@ -25,6 +32,9 @@ SCORE = "score"
 RANK = "rank"  # 1-based
 DOC_ROW = "doc_row"  # row of the hit in the index's doc store
 # hybrid retrieval adds one raw score column per source: "<source>_score" (dense_score, ...)
+
+# snippet: where the query's terms occur in the hit's passage (TEXT), as character offsets
+HIGHLIGHTS = "highlights"  # list<struct<start: int32, end: int32>>
 
 # rerank
 RERANK_SCORE = "rerank_score"

@@ -45,6 +45,19 @@ class IndexConfig(StrictModel):
         0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
     )
     bm25: bool = Field(True, description="Also build a BM25 index (hybrid search).")
+    chunk: bool = Field(
+        True,
+        description="Split documents longer than the model reads into passages (--no-chunk: "
+        "keep them whole; the tail past the model's length is then cut, and reported).",
+    )
+    chunk_tokens: int | None = Field(
+        None,
+        ge=32,
+        description="Most tokens per passage, title included (default: the model's max length).",
+    )
+    chunk_overlap: int = Field(
+        32, ge=0, description="Tokens a passage shares with the one before it."
+    )
     glob: list[str] = Field(
         [],
         description="For a folder of documents: files to include ('*.md'), or exclude with a "
@@ -107,6 +120,11 @@ class SearchSettings(StrictModel):
         16384, ge=64, description="Most padded tokens per reranker forward pass."
     )
     precision: Precision = "auto"
+    passages: bool = Field(
+        False,
+        description="Return passages, not documents (by default a document of several "
+        "passages is one hit, scored by its best passage).",
+    )
 
 
 class SearchConfig(SearchSettings):
@@ -129,11 +147,15 @@ class JobConfig(StrictModel):
     """A batch job (``searchpipe run CONFIG.yaml``): build an index, search, evaluate.
 
     Each section is optional, but a job does something: a ``search:`` without ``index:`` names
-    an existing index (``search.index``), which is what ``searchpipe tune`` writes.
+    an existing index (``search.index``), which is what ``searchpipe tune`` writes. A
+    ``pipeline:`` lists stages of its own (``searchpipe.stages.registry``); ``eval:`` then
+    scores the file its last ``write`` stage writes.
     """
 
     index: IndexConfig | None = None
     search: SearchConfig | None = None
+    #: stages by name with their settings (``searchpipe.stages.registry``), run after index:
+    pipeline: list[dict[str, dict[str, Any] | None]] | None = None
     eval: EvalConfig | None = None
     index_dir: Path | None = None  # default: $SEARCHPIPE_HOME/indexes or ./indexes
 

@@ -26,6 +26,7 @@ import pyarrow.ipc as ipc
 from searchpipe.arrow import file_batches
 from searchpipe.errors import InputError
 from searchpipe.stages.base import Source, Stage
+from searchpipe.stages.registry import providers
 
 log = logging.getLogger(__name__)
 DONE = "_done.json"
@@ -58,9 +59,15 @@ class Pipeline:
             missing = [c for c in stage.requires if c not in available]
             if missing:
                 have = ", ".join(sorted(available)) or "none"
+                hints = "; ".join(
+                    f"{c} comes from {' or '.join(found)}"
+                    for c in missing
+                    if (found := providers(c))
+                )
                 raise InputError(
                     f"stage {i + 1} ({stage.name}) needs column(s) {', '.join(missing)}, which no earlier "
                     f"stage provides (available: {have}); add a stage that provides them"
+                    + (f" ({hints})" if hints else "")
                 )
             available = stage.output_columns(available)
         return available

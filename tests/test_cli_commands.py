@@ -23,9 +23,11 @@ SAMPLE = Path(__file__).resolve().parents[1] / "searchpipe" / "data" / "sample"
 
 
 def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command a user runs; a chained group (pipe) is one, its stages are those of
+    ``stage``, which are each run on their own."""
     out = []
     for name, cmd in sorted(group.commands.items()):
-        if isinstance(cmd, click.Group):
+        if isinstance(cmd, click.Group) and not cmd.chain:
             out += leaf_commands(cmd, (*prefix, name))
         else:
             out.append((*prefix, name))
@@ -36,7 +38,7 @@ def all_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[st
     out = []
     for name, cmd in sorted(group.commands.items()):
         out.append((*prefix, name))
-        if isinstance(cmd, click.Group):
+        if isinstance(cmd, click.Group) and not cmd.chain:  # pipe's stages: those of stage
             out += all_paths(cmd, (*prefix, name))
     return out
 
@@ -104,6 +106,73 @@ def test_every_command_runs_once_on_the_sample(home: Path) -> None:
     # runs it for real
     cli("serve", "no-such-index", "--port", "0", code=2)
 
+    # the stage registry: each stage once over files, and a chain in one process
+    assert "rerank" in cli("stages") and "requires" in cli("stages", "fuse")
+    q = SAMPLE / "queries.jsonl"
+    cli("stage", "ingest", "--input", q, "--kind", "query", "--output", home / "q.arrow")
+    cli("stage", "read", "--input", home / "q.arrow", "--output", home / "q.jsonl")
+    cli("stage", "embed", "--input", home / "q.jsonl", "--output", home / "e.arrow")
+    cli(
+        "stage",
+        "retrieve",
+        "--input",
+        home / "e.arrow",
+        "--index",
+        "s",
+        "--output",
+        home / "d.trec",
+    )
+    cli(
+        "stage",
+        "retrieve-bm25",
+        "--input",
+        home / "q.arrow",
+        "--index",
+        "s",
+        "--output",
+        home / "b.trec",
+    )
+    cli("stage", "fuse", "--input", home / "e.arrow", "--index", "s", "--output", home / "f.arrow")
+    cli(
+        "stage",
+        "best-passage",
+        "--input",
+        home / "f.arrow",
+        "-k",
+        "5",
+        "--output",
+        home / "bp.arrow",
+    )
+    cli("stage", "cut", "--input", home / "bp.arrow", "-k", "3", "--output", home / "c.arrow")
+    cli(
+        "stage",
+        "snippet",
+        "--input",
+        home / "c.arrow",
+        "--index",
+        "s",
+        "--output",
+        home / "sn.jsonl",
+    )
+    assert json.loads((home / "sn.jsonl").read_text().splitlines()[0])["title"]
+    cli("stage", "lookup", "--input", home / "b.trec", "--index", "s", "--queries", q,
+        "--output", home / "l.arrow")  # fmt: skip
+    cli("stage", "ingest", "--input", small, "--output", home / "docs.arrow")
+    cli(
+        "stage",
+        "chunk",
+        "--input",
+        home / "docs.arrow",
+        "--tokens",
+        "32",
+        "--output",
+        home / "chunks.arrow",
+    )
+    assert read_run(home / "chunks.arrow").num_rows > 60
+    cli("pipe", q, "-o", home / "p.trec", "ingest", "--kind", "query", "retrieve-bm25",
+        "--index", "s", "cut", "-k", "2")  # fmt: skip
+    assert len((home / "p.trec").read_text().splitlines()) == 24
+
     job = {
         "index": {"name": "job", "corpus": str(small)},
         "search": {"queries": str(SAMPLE / "queries.jsonl"), "output": "job-run.arrow", "k": 10},
@@ -134,6 +203,8 @@ def test_every_command_runs_once_on_the_sample(home: Path) -> None:
     assert out["steps"] == 2
     out = json.loads(cli("train", "embedder", *tiny, *mining, "--output", home / "emb", "--json"))
     assert out["steps"] == 2
+    cli("stage", "rerank", "--input", home / "l.arrow", "--model", home / "rr", "--index", "s",
+        "--depth", "3", "--output", home / "rr.arrow")  # fmt: skip
 
     # tune on the dev slice the trainer held out; its config runs as written
     cli("index", beir, "--name", "tiny")

@@ -150,7 +150,7 @@ def test_index_reports_truncation_against_the_tokenizer(home: Path, sample_corpu
     small = home / "small.jsonl"
     small.write_text("\n".join(lines) + "\n")
     result = CliRunner().invoke(
-        main, ["index", str(small), "--name", "cut", "--max-length", "40", "--json"]
+        main, ["index", str(small), "--name", "cut", "--max-length", "40", "--no-chunk", "--json"]
     )
     assert result.exit_code == 0, result.output
     cut = json.loads(result.stdout)["truncation"]
@@ -162,3 +162,4 @@ def test_index_reports_truncation_against_the_tokenizer(home: Path, sample_corpu
     over = [n - 40 for n in lengths if n > 40]
     assert cut == {"max_length": 40, "docs": len(over), "of": 40, "tokens_cut": sum(over)}
     assert f"{len(over)} of 40 documents are longer" in result.stderr
+    assert "index without --no-chunk to split them" in result.stderr

@@ -61,7 +61,7 @@ def build(
         factory,
         ENCODER,
         {"corpus": {"path": "x", "sha256": "y"}},
-        n_docs=sum(b.num_rows for b in batches),
+        n_rows=sum(b.num_rows for b in batches),
     )
     stage.hooks = hooks or []
     for _ in stage(iter(batches)):
@@ -167,7 +167,7 @@ def test_rebuild_commits_new_version_and_failed_build_keeps_old(tmp_path: Path) 
         yield batches[0]
         raise RuntimeError("disk full")
 
-    stage = BuildIndex(root, "Flat", ENCODER, {"corpus": {}}, n_docs=200)
+    stage = BuildIndex(root, "Flat", ENCODER, {"corpus": {}}, n_rows=200)
     with pytest.raises(RuntimeError):
         for _ in stage(failing()):
             pass

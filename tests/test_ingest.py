@@ -133,3 +133,23 @@ def test_missing_file_and_unknown_extension(tmp_path: Path) -> None:
     (tmp_path / "c.docx").write_text("x")
     with pytest.raises(InputError, match="cannot tell the format"):
         Ingest(tmp_path / "c.docx")
+
+
+def test_metadata_types_are_checked_at_ingest(tmp_path: Path) -> None:
+    rows = [
+        {"_id": "a", "text": "x", "year": 2019, "tags": ["a"], "extra": {"k": 1}},
+        {"_id": "b", "text": "y", "year": 2020.5, "tags": [], "extra": {"k": 2}},
+        {"_id": "c", "text": "z", "year": "soon"},
+    ]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(InputError) as e:
+        list(Ingest(path).read())
+    msg = str(e.value)
+    assert f"{path}:line 3:" in msg and "'year' of doc 'c'" in msg
+    assert "a string ('soon') but a number at line 1 (2019)" in msg
+    path.write_text(json.dumps({"_id": "d", "text": "w", "tags": ["a", 3]}) + "\n")
+    with pytest.raises(
+        InputError, match=r"c.jsonl:line 1: metadata field 'tags'.*a list mixing int, str"
+    ):
+        list(Ingest(path).read())

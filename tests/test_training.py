@@ -390,9 +390,9 @@ def test_the_time_budget_counts_the_dev_checks_a_cut_run_makes() -> None:
     from searchpipe.training.train import budget_steps
 
     cfg = RerankerTrainConfig(data="d", output="o")  # 30 minutes, 3 checks per epoch
-    steps, info = budget_steps(cfg, planned=3498, pair_rate=7.8, dev_pairs=518 * 20)
+    steps, info = budget_steps(cfg, planned=3498, rate=7.8, dev_units=518 * 20, step_units=36)
     rate, one_eval = 0.85 * 7.8, 518 * 20 / (6 * 0.85 * 7.8)
     assert steps == int((1800 - 3 * one_eval) * rate / 36) and 100 < steps < 3498
-    small, _ = budget_steps(cfg, planned=100, pair_rate=7.8, dev_pairs=81 * 20)
+    small, _ = budget_steps(cfg, planned=100, rate=7.8, dev_units=81 * 20, step_units=36)
     assert small == 100  # the whole plan fits
-    assert info["pairs_per_step"] == 36
+    assert info["per_step"] == 36

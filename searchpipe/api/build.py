@@ -1,4 +1,6 @@
-"""Building an index: ingest → embed as a batch job, then the build stage commits a version.
+"""Building an index: ingest → chunk → embed as a batch job, then the build stage commits a
+version. Documents longer than the embedder reads are split into passages (``stages.chunk``),
+sized in the embedder's own tokens.
 
 >>> from searchpipe import build_index
 >>> build_index(corpus="docs.jsonl", name="docs", index_type="HNSW32")  # doctest: +SKIP
@@ -19,6 +21,7 @@ from searchpipe.index.faiss import choose_factory, make_faiss_index
 from searchpipe.index.store import BuildHook, check_name
 from searchpipe.pipeline import Pipeline, runs_dir, with_progress
 from searchpipe.stages.build import BuildIndex
+from searchpipe.stages.chunk import Chunk
 from searchpipe.stages.embed import Embed
 from searchpipe.stages.ingest import Ingest
 
@@ -51,21 +54,25 @@ def build_index(
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
     )
-    pipeline = Pipeline([ingest, embed])
-    pipeline.check()
+    Pipeline([ingest, embed]).check()
     embed.open()
     assert embed.encoder is not None
     identity = embed.encoder.identity()
     if cfg.index_type != "auto":  # a bad factory string fails before embedding
         make_faiss_index(cfg.index_type, identity["dim"])
+    chunk = chunker(embed.encoder, cfg)
+    pipeline = Pipeline([ingest, chunk, embed])
+    pipeline.check()
     work = runs_dir() / f"index-{cfg.name}"
     stream = pipeline.run_job(work, progress=progress)
-    n_docs = pipeline.rows(work, ingest) or 0
-    factory = choose_factory(n_docs) if cfg.index_type == "auto" else cfg.index_type
+    n_rows = pipeline.rows(work, chunk) or 0
+    factory = choose_factory(n_rows) if cfg.index_type == "auto" else cfg.index_type
     build_fp = hashlib.sha256(
         json.dumps(
             [
-                embed.fingerprint(ingest.fingerprint(ingest.fingerprint_source())),
+                embed.fingerprint(
+                    chunk.fingerprint(ingest.fingerprint(ingest.fingerprint_source()))
+                ),
                 factory,
                 cfg.target_recall,
                 cfg.bm25,
@@ -100,14 +107,27 @@ def build_index(
             },
             "build_fingerprint": build_fp,
             "settings": json.loads(cfg.model_dump_json()),
+            "chunking": chunk.settings(),
         },
-        n_docs=n_docs,
+        n_rows=n_rows,
         precision=embed.encoder.precision,
         hooks=hooks,
     )
-    for _ in build(with_progress(stream, n_docs, "index", progress)):
+    for _ in build(with_progress(stream, n_rows, "index", progress)):
         pass
     return Index.open(root)
+
+
+def chunker(encoder: Any, cfg: IndexConfig) -> Chunk:
+    """The chunk stage ``cfg`` asks for, counting in ``encoder``'s tokenizer (a ``BiEncoder``)."""
+    identity = encoder.identity()
+    tokens = min(cfg.chunk_tokens or identity["max_length"], identity["max_length"])
+    return Chunk(
+        encoder.tokenizer,
+        tokens if cfg.chunk else None,
+        cfg.chunk_overlap,
+        tokenizer_id=f"{identity['name']}@{identity['weights_sha256']}",
+    )
 
 
 def open_index(name: str, index_root: str | Path | None = None) -> Index:

@@ -12,7 +12,12 @@ from searchpipe.errors import InputError
 from searchpipe.eval.metrics import evaluate
 
 
-def run_job(config: JobConfig | str | Path, *, progress: bool | None = None) -> dict[str, Any]:
+def run_job(
+    config: JobConfig | str | Path,
+    *,
+    progress: bool | None = None,
+    allow_import: bool = False,
+) -> dict[str, Any]:
     """Run a YAML job (or ``JobConfig``): build the index, then search and evaluate if configured.
 
     A job without ``index:`` searches an existing index named by ``search.index`` (the file
@@ -22,9 +27,14 @@ def run_job(config: JobConfig | str | Path, *, progress: bool | None = None) -> 
     """
     cfg = load_config(config) if isinstance(config, str | Path) else config
     source = str(config) if isinstance(config, str | Path) else "job config"
-    if cfg.index is None and cfg.search is None:
-        raise InputError(f"{source}: a job needs an 'index:' or a 'search:' section")
-    if cfg.eval is not None and cfg.search is None:
+    if cfg.index is None and cfg.search is None and cfg.pipeline is None:
+        raise InputError(f"{source}: a job needs an 'index:', 'search:' or 'pipeline:' section")
+    if cfg.search is not None and cfg.pipeline is not None:
+        raise InputError(
+            f"{source}: a job has a 'search:' or a 'pipeline:' section, not both (a search "
+            "is a pipeline: write its stages in pipeline:)"
+        )
+    if cfg.eval is not None and cfg.search is None and cfg.pipeline is None:
         raise InputError(f"{source}: 'eval:' scores the run of a 'search:' section; add one")
     result: dict[str, Any] = {}
     if cfg.index is not None:
@@ -32,7 +42,8 @@ def run_job(config: JobConfig | str | Path, *, progress: bool | None = None) -> 
         result["index"] = {
             "name": index.name,
             "version": index.manifest["version"],
-            "docs": len(index),
+            "docs": index.documents,
+            "passages": len(index),
         }
     if cfg.search is not None:
         name = cfg.search.index or (cfg.index.name if cfg.index is not None else None)
@@ -44,4 +55,20 @@ def run_job(config: JobConfig | str | Path, *, progress: bool | None = None) -> 
         result["search"] = search(search_cfg, index_root=cfg.index_dir, progress=progress)
         if cfg.eval is not None:
             result["eval"] = evaluate(cfg.search.output, cfg.eval.qrels, tuple(cfg.eval.metrics))
+    if cfg.pipeline is not None:
+        from searchpipe.api.pipelines import run_pipeline
+
+        base = Path(config).parent if isinstance(config, str | Path) else Path(".")
+        ran = run_pipeline(
+            cfg.pipeline,
+            index_root=cfg.index_dir,
+            base=base,
+            allow_import=allow_import,
+            progress=progress,
+        )
+        result["pipeline"] = ran
+        if cfg.eval is not None:
+            if "output" not in ran:
+                raise InputError(f"{source}: 'eval:' scores the file a final write stage writes")
+            result["eval"] = evaluate(ran["output"], cfg.eval.qrels, tuple(cfg.eval.metrics))
     return result

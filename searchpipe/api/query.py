@@ -2,13 +2,16 @@
 
 ``query_stages`` turns an index and ``SearchSettings`` into the stages that answer queries::
 
-    (embed) → first stage: dense | BM25 | both fused → (rerank) → cut to k
+    (embed) → first stage: dense | BM25 | both fused → (best passage) → (rerank) → cut to k
 
 Every search path is built by it: ``Searcher`` (queries one at a time with the models loaded
 once: ``searchpipe query``, ``bench``), ``search`` (a queries file as a batch job:
 ``searchpipe search`` and ``run``), ``searchpipe tune`` and the benchmarks. The first stage
 fetches ``candidates`` rows per retriever (never fewer than ``k`` or the rerank depth), so
-fusion and rerank see a deep list and only the output is cut to ``k``.
+fusion and rerank see a deep list and only the output is cut to ``k``. On an index of
+chunked documents the first stage searches passages (as many more as there are passages per
+document), and each document is then scored by its best passage, which is what the reranker
+reads; ``passages=True`` returns the passages themselves.
 
 >>> from searchpipe import Searcher
 >>> Searcher("sample", rerank="models/reranker").search("how do bees talk", k=5)  # doctest: +SKIP
@@ -17,6 +20,7 @@ fusion and rerank see a deep list and only the output is cut to ``k``.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from searchpipe.config import SearchConfig, SearchSettings, settings
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.pipeline import Pipeline, runs_dir
+from searchpipe.stages.aggregate import BestPassage
 from searchpipe.stages.base import Stage
 from searchpipe.stages.cut import Cut
 from searchpipe.stages.embed import Embed
@@ -36,6 +41,7 @@ from searchpipe.stages.fuse import Fuse
 from searchpipe.stages.ingest import Ingest
 from searchpipe.stages.rerank import Rerank
 from searchpipe.stages.retrieve import Retrieve, RetrieveBM25
+from searchpipe.stages.snippet import Snippet
 from searchpipe.stages.write import Write
 
 log = logging.getLogger("searchpipe")
@@ -44,6 +50,12 @@ log = logging.getLogger("searchpipe")
 def candidate_depth(s: SearchSettings, rerank_depth: int = 0) -> int:
     """Rows each first-stage retriever fetches: ``candidates``, at least ``k`` and the rerank depth."""
     return max(s.candidates, s.k, rerank_depth)
+
+
+def passage_depth(index: Index, depth: int) -> int:
+    """Passages to fetch for ``depth`` documents: ``depth`` times the index's passages per
+    document (all of them, at most)."""
+    return min(math.ceil(depth * len(index) / max(index.documents, 1)), max(len(index), depth))
 
 
 def first_stage(index: Index, s: SearchSettings, depth: int) -> Stage:
@@ -91,7 +103,9 @@ def query_stages(
             blend=s.rerank_blend,
             fusion=s.rerank_fusion,
         )
-    first = first_stage(index, s, candidate_depth(s, rerank.depth if rerank else 0))
+    depth = candidate_depth(s, rerank.depth if rerank else 0)
+    by_document = index.chunked and not s.passages
+    first = first_stage(index, s, passage_depth(index, depth) if by_document else depth)
     stages: list[Stage] = []
     if C.EMBEDDING in first.requires:
         built = index.manifest["encoder"]
@@ -104,6 +118,8 @@ def query_stages(
             )
         )
     stages.append(first)
+    if by_document:
+        stages.append(BestPassage(depth))
     if rerank is not None:
         stages.append(rerank)
     stages.append(Cut(s.k))
@@ -149,6 +165,7 @@ class Searcher:
         self.encoder = embed.encoder if embed is not None else None
         self.reranker = rerank.scorer if rerank is not None else None
         self._stages: dict[int, list[Stage]] = {self.settings.k: stages}
+        self.snippet = Snippet(self.index)
 
     def stages(self, k: int | None = None) -> list[Stage]:
         """The query-side stages for ``k`` hits (default: the settings' k), built once each."""
@@ -185,16 +202,16 @@ class Searcher:
     def search(
         self, query: str, k: int | None = None, profile: dict[str, float] | None = None
     ) -> pa.Table:
-        """Ranked hits for one query, with their title and text."""
+        """Ranked hits for one query, each with its title, metadata and snippet: the passage
+        that matched, where it sits in the document and where the query's terms are in it
+        (``stages.snippet``)."""
         if not query.strip():
             raise InputError("the query is empty; pass some text to search for")
         queries = pa.table({C.QUERY_ID: ["q"], C.TEXT: [query]})
         hits = self.search_batch(queries, k, profile)
         t0 = time.perf_counter()
-        docs = self.index.docs.take(hits.column(C.DOC_ROW))
-        out = hits.append_column(C.TITLE, docs.column(C.TITLE)).append_column(
-            C.TEXT, docs.column(C.TEXT)
-        )
+        batches = list(self.snippet(hits.to_batches())) if hits.num_columns else []
+        out = pa.Table.from_batches(batches) if batches else hits
         if profile is not None:
             profile["io"] = profile.get("io", 0.0) + time.perf_counter() - t0
         return out

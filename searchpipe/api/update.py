@@ -3,12 +3,15 @@
 An update is a read-modify-write under the index's one writer lock: it reads the committed
 version, and writes a whole new version beside it through the same ``BuildIndex`` sink a full
 build uses (doc store, stored vectors, FAISS, BM25 when the index has it), then commits it
-with one manifest swap. Unchanged documents are not embedded again: their vectors come
-from the old version's ``vectors.arrow``, matched by doc id and content sha256. So
+with one manifest swap. Updates work by document: a document's passages come and go
+together, and unchanged documents are not chunked or embedded again: their passages and
+vectors come from the old version's ``vectors.arrow``, matched by doc id and the whole
+document's content sha256. So
 
 - adding a document whose id is new appends it;
 - adding one whose id exists with the same title, text and metadata changes nothing;
-- adding one whose id exists with other content replaces it (an upsert);
+- adding one whose id exists with other content replaces it and all its passages (an upsert),
+  chunked as the index was built (``manifest["chunking"]``);
 - deleting removes it from the doc store, FAISS and BM25 alike, since all three are rebuilt
   from the same surviving rows.
 
@@ -50,9 +53,12 @@ from searchpipe.stages.build import BuildIndex
 _REBUILT = {
     "format_version", "name", "version", "version_dir", "created", "files", "kept_versions",
     "manifest_sha256", "encoder", "metric", "normalized", "factory", "doc_count",
-    "search_params", "bm25", "build_fingerprint",
+    "search_params", "bm25", "build_fingerprint", "passage_count",
 }  # fmt: skip
 HISTORY = 50  # updates remembered in the manifest
+#: what an update carries of each kept row from ``vectors.arrow``
+_STORED = (CONTENT_SHA256, C.EMBEDDING)
+_ROW_NAMES = [*DOC_STORE_SCHEMA.names, *_STORED]
 
 
 def add_documents(
@@ -102,10 +108,10 @@ def add_documents(
         }
         if not fresh and not replaced:
             return {**summary, "version": old.manifest["version"], "committed": False}
-        embed = _embedder(old, encoder)
+        chunk, embed = _embedder(old, encoder)
         changed = fresh | replaced
-        new_rows = embed(_only(ingest.read(), changed))
-        kept = _kept_rows(old, drop={known[i][0] for i in replaced})
+        new_rows = embed(chunk(_only(ingest.read(), changed)))
+        kept = _kept_rows(old, drop={r for i in replaced for r in known[i][0]})
         event = {"op": "add", "corpus": str(ingest.path), "sha256": ingest.fingerprint_source()}
         manifest = _commit(
             old, writer, _chain(kept, new_rows), len(old) + len(fresh), event, summary
@@ -140,16 +146,17 @@ def delete_documents(
     with IndexWriter(root, keep=keep) as writer:
         old = _open_base(root, writer)
         known = _known_docs(old)
-        rows = {known[i][0] for i in wanted if i in known}
-        summary = {"index": old.name, "deleted": len(rows), "not_found": len(wanted) - len(rows)}
+        found = [i for i in wanted if i in known]
+        rows = {r for i in found for r in known[i][0]}
+        summary = {"index": old.name, "deleted": len(found), "not_found": len(wanted) - len(found)}
         if not rows:
             return {**summary, "version": old.manifest["version"], "committed": False}
         if len(rows) == len(old):
             raise InputError(
-                f"deleting {len(rows)} documents would leave index {old.name} empty; "
+                f"deleting {len(found)} documents would leave index {old.name} empty; "
                 f"remove the folder {root} instead"
             )
-        event = {"op": "delete", "ids": len(rows)}
+        event = {"op": "delete", "ids": len(found)}
         manifest = _commit(
             old, writer, _kept_rows(old, drop=rows), len(old) - len(rows), event, summary
         )
@@ -184,13 +191,14 @@ def _open_base(root: Path, writer: IndexWriter) -> Index:
     return old
 
 
-def _known_docs(index: Index) -> dict[str, tuple[int, str]]:
-    """doc id → (row, content sha256) of every document in ``index``."""
+def _known_docs(index: Index) -> dict[str, tuple[list[int], str]]:
+    """doc id → (its passages' rows, the document's content sha256) in ``index``."""
     ids = index.docs.column(C.DOC_ID).to_pylist()
     digests = _stored(index).column(CONTENT_SHA256).to_pylist()
-    return {
-        doc_id: (row, digest) for row, (doc_id, digest) in enumerate(zip(ids, digests, strict=True))
-    }
+    known: dict[str, tuple[list[int], str]] = {}
+    for row, (doc_id, digest) in enumerate(zip(ids, digests, strict=True)):
+        known.setdefault(doc_id, ([], digest))[0].append(row)
+    return known
 
 
 def _stored(index: Index) -> pa.Table:
@@ -206,7 +214,8 @@ def _stored(index: Index) -> pa.Table:
 
 
 def _kept_rows(index: Index, drop: set[int]) -> Iterator[pa.RecordBatch]:
-    """The old version's rows minus ``drop``, with their stored embeddings, batch by batch."""
+    """The old version's rows minus ``drop``, with their stored digests and embeddings, batch
+    by batch."""
     stored = _stored(index)
     docs = index.docs.select(DOC_STORE_SCHEMA.names)
     step = 4096
@@ -217,10 +226,12 @@ def _kept_rows(index: Index, drop: set[int]) -> Iterator[pa.RecordBatch]:
             continue
         take = pa.array(rows, pa.int64())
         part = docs.take(take)
-        embedding = stored.column(C.EMBEDDING).take(take).combine_chunks()
         yield pa.record_batch(
-            [*(part.column(n).combine_chunks() for n in DOC_STORE_SCHEMA.names), embedding],
-            names=[*DOC_STORE_SCHEMA.names, C.EMBEDDING],
+            [
+                *(part.column(n).combine_chunks() for n in DOC_STORE_SCHEMA.names),
+                *(stored.column(n).take(take).combine_chunks() for n in _STORED),
+            ],
+            names=_ROW_NAMES,
         )
 
 
@@ -232,8 +243,10 @@ def _only(batches: Iterable[pa.RecordBatch], ids: set[str]) -> Iterator[pa.Recor
             yield picked
 
 
-def _embedder(index: Index, encoder: Any) -> Any:
-    """A function embedding corpus batches with the index's own model (identity checked)."""
+def _embedder(index: Index, encoder: Any) -> tuple[Any, Any]:
+    """The chunk and embed stages that turn corpus batches into rows of ``index``: its own
+    model (identity checked), chunked as the index was built."""
+    from searchpipe.stages.chunk import Chunk
     from searchpipe.stages.embed import Embed
 
     if encoder is None:
@@ -246,24 +259,24 @@ def _embedder(index: Index, encoder: Any) -> Any:
             max_length=built.get("max_length"),
         )
     index.check_encoder(encoder.identity())
-    return Embed(encoder, fields=(C.TITLE, C.TEXT))
+    chunking = index.manifest.get("chunking") or {"tokens": None}  # formats 1-2: whole
+    tokens = chunking["tokens"]
+    chunk = Chunk(encoder.tokenizer if tokens else None, tokens, chunking.get("overlap", 0))
+    return chunk, Embed(encoder, fields=(C.TITLE, C.TEXT))
 
 
 def _chain(*streams: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Batches of several streams, cast to one schema (doc store columns + embedding)."""
+    """Batches of several streams, cast to one schema (doc store columns, digest, embedding)."""
     for stream in streams:
         for batch in stream:
-            yield pa.record_batch(
-                [batch.column(n) for n in [*DOC_STORE_SCHEMA.names, C.EMBEDDING]],
-                names=[*DOC_STORE_SCHEMA.names, C.EMBEDDING],
-            )
+            yield pa.record_batch([batch.column(n) for n in _ROW_NAMES], names=_ROW_NAMES)
 
 
 def _commit(
     old: Index,
     writer: IndexWriter,
     rows: Iterable[pa.RecordBatch],
-    n_docs: int,
+    n_rows: int,
     event: dict[str, Any],
     summary: dict[str, Any],
 ) -> dict[str, Any]:
@@ -286,7 +299,7 @@ def _commit(
         m["factory"],
         encoder,
         fields,
-        n_docs=n_docs,
+        n_rows=n_rows,
         precision=m["encoder"].get("precision", "fp32"),
         writer=writer,
         hooks=hooks,

@@ -4,7 +4,7 @@ Results go to stdout (``--json`` for one JSON object), logs and progress bars to
 User mistakes exit with code 2 and a one-line message, runtime failures with code 1; no
 traceback is shown for either (set ``SEARCHPIPE_DEBUG=1`` to see one). One module per
 command group: ``index`` (index, info, check, add, delete), ``search`` (query, search, bench),
-``jobs`` (run), ``eval``, ``train`` (train, tune), ``encoder`` (export, tokens, tokenizer,
+``jobs`` (run), ``pipes`` (stages, stage, pipe: the stage registry), ``eval``, ``train`` (train, tune), ``encoder`` (export, tokens, tokenizer,
 pretrain), ``serve``; the options they share are in ``common``.
 """
 
@@ -55,9 +55,9 @@ def main(verbose: int) -> None:
 
 def _register() -> None:
     # every command module imports its heavy parts inside the commands, so --help stays fast
-    from searchpipe.cli import encoder, eval, index, jobs, search, serve, train
+    from searchpipe.cli import encoder, eval, index, jobs, pipes, search, serve, train
 
-    for module in (index, search, jobs, eval, train, encoder, serve):
+    for module in (index, search, jobs, pipes, eval, train, encoder, serve):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -48,15 +48,22 @@ def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flag
     if as_json:
         emit(summary)
     else:
+        split = ""
+        if summary["passages"] != summary["docs"]:
+            split = (
+                f" in {summary['passages']} passages of at most {summary['chunk_tokens']} tokens"
+            )
         click.echo(
-            f"index {name}: {summary['docs']} docs, {summary['factory']}, {summary['model']} "
-            f"(version {summary['version']}, {seconds:.1f}s) at {idx.root}"
+            f"index {name}: {summary['docs']} docs{split}, {summary['factory']}, "
+            f"{summary['model']} (version {summary['version']}, {seconds:.1f}s) at {idx.root}"
         )
     if cut and cut["docs"]:
+        unit = "passages" if summary["chunk_tokens"] else "documents"
+        fix = "" if summary["chunk_tokens"] else "; index without --no-chunk to split them"
         click.echo(
-            f"note: {cut['docs']} of {cut['of']} documents are longer than the model's "
+            f"note: {cut['docs']} of {cut['of']} {unit} are longer than the model's "
             f"{cut['max_length']} tokens; {cut['tokens_cut']} tokens past that were cut and only "
-            "BM25 searches them",
+            f"BM25 searches them{fix}",
             err=True,
         )
     if skipped:
@@ -71,6 +78,8 @@ def index_summary(m: dict[str, Any]) -> dict[str, Any]:
         "name": m["name"],
         "version": m["version"],
         "docs": m["doc_count"],
+        "passages": m.get("passage_count", m["doc_count"]),
+        "chunk_tokens": (m.get("chunking") or {}).get("tokens"),
         "model": m["encoder"]["name"],
         "dim": m["encoder"]["dim"],
         "factory": m["factory"],
@@ -94,6 +103,14 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
     enc = m["encoder"]
     click.echo(f"index      {m['name']} (version {m['version']}, created {m['created']})")
     click.echo(f"docs       {m['doc_count']}")
+    chunking = m.get("chunking") or {}
+    if chunking.get("tokens"):
+        click.echo(
+            f"passages   {m.get('passage_count')} (at most {chunking['tokens']} tokens, "
+            f"{chunking['overlap']} overlap)"
+        )
+    else:
+        click.echo("passages   off (one row per document)")
     click.echo(
         f"model      {enc['name']} (sha256 {enc['weights_sha256'][:12]}…, {enc['pooling']} "
         f"pooling, normalized={enc['normalize']}, {enc['precision']})"
@@ -101,8 +118,9 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
     click.echo(f"vectors    {enc['dim']}-d, {m['metric']}, factory {m['factory']}")
     if m.get("truncation"):
         t = m["truncation"]
+        unit = "passages" if chunking.get("tokens") else "docs"
         click.echo(
-            f"truncation {t['docs']} of {t['of']} docs longer than {t['max_length']} tokens "
+            f"truncation {t['docs']} of {t['of']} {unit} longer than {t['max_length']} tokens "
             f"({t['tokens_cut']} tokens cut)"
         )
     if m.get("ann"):

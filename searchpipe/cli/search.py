@@ -68,7 +68,10 @@ def query(
 
     def hits_of(text: str) -> list[dict[str, Any]]:
         table = searcher.search(text)
-        return table.drop_columns(["query_id", "query_text", "doc_row"]).to_pylist()
+        hits = table.drop_columns(["query_id", "query_text", "doc_row"]).to_pylist()
+        for h in hits:  # metadata is stored as JSON text; show it as an object
+            h["metadata"] = json.loads(h["metadata"]) if h.get("metadata") else {}
+        return hits
 
     if queries:
         answers = [(text, hits_of(text)) for text in queries]
@@ -102,8 +105,29 @@ def _print_hits(text: str, hits: list[dict[str, Any]]) -> None:
     click.echo(f"\n{text}")
     for h in hits:
         score = h.get("rerank_score") if h.get("rerank_score") is not None else h["score"]
-        snippet = h["text"][:100] + ("…" if len(h["text"]) > 100 else "")
-        click.echo(f"  {h['rank']:>3}. [{h['doc_id']}] {score:7.4f}  {h['title']} — {snippet}")
+        where = f" §{h['passage'] + 1}" if h.get("passage") else ""
+        click.echo(f"  {h['rank']:>3}. [{h['doc_id']}{where}] {score:7.4f}  {h['title']}")
+        click.echo(f"       {_snippet(h['text'] or '', h.get('highlights') or [])}")
+
+
+def _snippet(text: str, spans: list[dict[str, int]], width: int = 180) -> str:
+    """About ``width`` characters of ``text`` from a little before its first highlighted term,
+    with the terms in bold (plain when the output is not a terminal)."""
+    first = spans[0]["start"] if spans else 0
+    start = 0 if first < width // 3 else text.rfind(" ", 0, first - width // 4) + 1
+    stop = min(len(text), start + width)
+    if stop < len(text):
+        stop = max(text.rfind(" ", start, stop), start + width // 2)
+    out, at = [], start
+    for span in spans:
+        s, e = max(span["start"], at), min(span["end"], stop)
+        if s >= e:
+            continue
+        out += [text[at:s], click.style(text[s:e], bold=True, fg="yellow")]
+        at = e
+    out.append(text[at:stop])
+    body = " ".join("".join(out).split())
+    return ("…" if start > 0 else "") + body + ("…" if stop < len(text) else "")
 
 
 @click.command()

@@ -38,6 +38,7 @@ def _common(f: Any) -> Any:
         click.option("--lr", type=float, default=None, help="Peak learning rate."),
         click.option("--max-length", type=int, default=None, help="Tokens per input (pair for the reranker)."),
         click.option("--max-steps", type=int, default=None, help="Stop after this many steps (smoke runs)."),
+        click.option("--time-budget", type=float, default=None, help="Minutes of training: the steps are cut to what fits, measured on this machine (default 30; 0: no cap)."),
         click.option("--negatives", type=int, default=None, help="Mined hard negatives per (query, positive)."),
         click.option("--depth", type=int, default=None, help="Hybrid candidates per query to mine from."),
         click.option("--margin", type=float, default=None, help="False-negative guard: drop candidates the teacher scores >= margin x positive."),

@@ -24,13 +24,16 @@ def output_format(path: Path) -> str:
         ".arrow": "arrow",
         ".ipc": "arrow",
         ".feather": "arrow",
+        ".parquet": "parquet",
         ".jsonl": "jsonl",
         ".trec": "trec",
         ".run": "trec",
         ".txt": "trec",
     }
     if ext not in formats:
-        raise InputError(f"cannot tell the output format of {path}; use .arrow, .jsonl or .trec")
+        raise InputError(
+            f"cannot tell the output format of {path}; use .arrow, .parquet, .jsonl or .trec"
+        )
     return formats[ext]
 
 
@@ -104,22 +107,28 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
 
 
 def read_run(path: str | Path) -> Run:
-    """A run ``{query_id: {doc_id: score}}`` from an Arrow run file or a TREC run file."""
+    """A run ``{query_id: {doc_id: score}}`` from a run file: Arrow, Parquet, JSONL or TREC."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"run file {path} does not exist")
-    fmt = (
-        "trec" if path.suffix.lower() not in (".arrow", ".ipc", ".feather") else output_format(path)
-    )
+    tabular = (".arrow", ".ipc", ".feather", ".parquet", ".jsonl")
+    fmt = "trec" if path.suffix.lower() not in tabular else output_format(path)
     run: Run = {}
-    if fmt == "arrow":
+    if fmt != "trec":
         import pyarrow as pa
         import pyarrow.ipc as ipc
+        import pyarrow.json as pj
+        import pyarrow.parquet as pq
 
         try:
-            table = ipc.open_file(pa.memory_map(str(path))).read_all()
+            if fmt == "parquet":
+                table = pq.read_table(path)
+            elif fmt == "jsonl":
+                table = pj.read_json(path)
+            else:
+                table = ipc.open_file(pa.memory_map(str(path))).read_all()
         except pa.ArrowInvalid as e:
-            raise InputError(f"{path} is not an Arrow run file ({e})") from None
+            raise InputError(f"{path} is not an {fmt} run file ({e})") from None
         missing = [
             c for c in (C.QUERY_ID, C.DOC_ID, C.SCORE, C.RANK) if c not in table.schema.names
         ]
@@ -136,17 +145,65 @@ def read_run(path: str | Path) -> Run:
         ):
             run.setdefault(q, {})[d] = float(s)
         return run
-    with open(path, encoding="utf-8", errors="strict") as f:
+    table = read_trec(path)
+    for q, d, s in zip(
+        *(table.column(c).to_pylist() for c in (C.QUERY_ID, C.DOC_ID, C.SCORE)), strict=True
+    ):
+        run.setdefault(q, {})[d] = float(s)
+    return run
+
+
+TREC_SCHEMA = pa.schema(
+    [
+        (C.QUERY_ID, pa.string()),
+        (C.DOC_ID, pa.string()),
+        (C.RANK, pa.int32()),
+        (C.SCORE, pa.float64()),
+    ]
+)
+
+
+def read_trec(path: Path) -> pa.Table:
+    """A TREC run as hit columns; ranks are renumbered by score within each query, ties by doc
+    id, descending, as trec_eval (and ranx) order them, not by the rank field."""
+    qids: list[str] = []
+    dids: list[str] = []
+    scores: list[float] = []
+    with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             parts = line.split()
             if not parts:
                 continue
             if len(parts) != 6:
                 raise InputError(
-                    f"{path}:{lineno}: a TREC run line has 6 fields (qid Q0 docid rank score tag), got {len(parts)}"
+                    f"{path}:{lineno}: a TREC run line has 6 fields (qid Q0 docid rank score "
+                    f"tag), got {len(parts)}"
                 )
             try:
-                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
+                scores.append(float(parts[4]))
             except ValueError:
                 raise InputError(f"{path}:{lineno}: score {parts[4]!r} is not a number") from None
-    return run
+            qids.append(parts[0])
+            dids.append(parts[2])
+    if not qids:
+        raise InputError(f"{path} holds no run lines")
+    # queries in first-seen order, each query's hits by score (ties: doc id, descending)
+    first: dict[str, int] = {}
+    for q in qids:
+        first.setdefault(q, len(first))
+    order = sorted(range(len(qids)), key=lambda i: dids[i], reverse=True)
+    order.sort(key=lambda i: (first[qids[i]], -scores[i]))  # stable: keeps the tie order
+    ranks, prev, r = [], None, 0
+    for i in order:
+        r = r + 1 if qids[i] == prev else 1
+        prev = qids[i]
+        ranks.append(r)
+    return pa.table(
+        [
+            pa.array([qids[i] for i in order], pa.string()),
+            pa.array([dids[i] for i in order], pa.string()),
+            pa.array(ranks, pa.int32()),
+            pa.array([scores[i] for i in order], pa.float64()),
+        ],
+        schema=TREC_SCHEMA,
+    )

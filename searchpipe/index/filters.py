@@ -104,6 +104,8 @@ def _column(name: str, values: list[Any], doc_ids: list[str]) -> pa.Array:
         if present and all(_is_time(v) for v in present):
             return pa.array([None if v is None else _utc(v) for v in values], pa.timestamp("us"))
         return pa.array(values, pa.string())
+    if kinds <= {dict}:  # nested objects: JSON text, for DuckDB's json functions
+        return pa.array([None if v is None else json.dumps(v) for v in values], pa.string())
     if kinds <= {list}:
         if not all(isinstance(x, str) for v in present for x in v):
             raise mixed()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.arrow import joined_text
@@ -50,10 +51,13 @@ from searchpipe.index.layout import (
     VERSION_DIR,
     content_sha256,
     vectors_schema,
+    whole_passages,
 )
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)  # 1: no vectors.arrow and no manifest checksum (read-only use)
+FORMAT_VERSION = 3
+#: 1: no vectors.arrow and no manifest checksum (read-only use); 1-2: no passages (each row a
+#: whole document, read as one passage)
+READABLE_FORMATS = (1, 2, 3)
 KEEP_VERSIONS = 2
 NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 __all__ = [
@@ -205,6 +209,8 @@ class Index:
         try:
             faiss_index = faiss.read_index(str(vdir / FAISS_FILE))
             docs = ipc.open_file(pa.memory_map(str(vdir / DOCS_FILE))).read_all()
+            if C.PASSAGE not in docs.schema.names:  # format 1-2: one row per whole document
+                docs = whole_passages(docs).select(DOC_STORE_SCHEMA.names)
             vectors = None
             if (vdir / VECTORS_FILE).is_file():
                 vectors = ipc.open_file(pa.memory_map(str(vdir / VECTORS_FILE))).read_all()
@@ -246,7 +252,17 @@ class Index:
         return self.root / self.manifest["version_dir"]
 
     def __len__(self) -> int:
+        """Rows: passages (one per document that was not split)."""
         return self.docs.num_rows
+
+    @property
+    def documents(self) -> int:
+        return int(self.manifest.get("doc_count") or len(self))
+
+    @property
+    def chunked(self) -> bool:
+        """Whether some document is split into several passages (rows)."""
+        return len(self) > self.documents
 
     def texts(self, rows: Iterable[int]) -> dict[int, str]:
         """The text the models see for each doc store row: title and text joined, as the
@@ -505,8 +521,11 @@ def check_index(name: str | Path, index_root: str | Path | None = None) -> dict[
         raise RunError(f"index {Path(name).name} is corrupt: {problems[0]}{more}")
     index = Index.open(_root(name, index_root))
     m = index.manifest
-    counts = {"manifest doc_count": m.get("doc_count"), "faiss vectors": index.faiss_index.ntotal}
-    counts["doc store rows"] = len(index)
+    counts = {
+        "manifest passage_count": m.get("passage_count", m.get("doc_count")),
+        "faiss vectors": index.faiss_index.ntotal,
+        "doc store rows": len(index),
+    }
     if index.vectors is not None:
         counts["vectors.arrow rows"] = index.vectors.num_rows
     if "bm25" in m:
@@ -517,10 +536,19 @@ def check_index(name: str | Path, index_root: str | Path | None = None) -> dict[
             + ", ".join(f"{k} {v}" for k, v in counts.items())
             + "; rebuild it"
         )
+    passages = index.docs.column(C.PASSAGE)
+    firsts = int(pc.sum(pc.equal(passages, 0)).as_py() or 0)
+    ids = pc.count_distinct(index.docs.column(C.DOC_ID)).as_py()
+    if not firsts == ids == m.get("doc_count"):
+        raise RunError(
+            f"index {index.name} is inconsistent: manifest doc_count {m.get('doc_count')}, "
+            f"{ids} distinct doc ids, {firsts} first passages; rebuild it"
+        )
     return {
         "name": index.name,
         "version": m["version"],
-        "docs": len(index),
+        "docs": index.documents,
+        "passages": len(index),
         "files": len(m["files"]),
         "bytes": sum(meta["size"] for meta in m["files"].values()),
         "ok": True,

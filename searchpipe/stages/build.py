@@ -4,8 +4,10 @@ The stream is consumed once: doc store rows are appended to an Arrow IPC file an
 added to FAISS as they arrive, so memory holds one batch (plus a training sample for
 IVF/PQ factories, which must be trained before vectors are added).
 
-Beside the doc store, ``vectors.arrow`` keeps each row's content sha256 and its embedding, so
-``searchpipe.api.update`` can add and delete documents later without embedding old ones again.
+Rows are passages (``stages.chunk``); rows of documents that were not chunked are stored as
+one passage each. Beside the doc store, ``vectors.arrow`` keeps each row's embedding and its
+document's content sha256, so ``searchpipe.api.update`` can add and delete documents later
+without embedding old ones again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.arrow import arrow_to_vectors, vectors_to_arrow
@@ -27,15 +30,15 @@ from searchpipe.index.layout import (
     DOCS_FILE,
     FAISS_FILE,
     VECTORS_FILE,
-    content_sha256,
     vectors_schema,
+    whole_passages,
 )
 from searchpipe.index.store import BuildHook, IndexWriter
 from searchpipe.stages.base import Stage
 
 
 class BuildIndex(Stage):
-    """Write embedded documents into a new version of ``indexes/NAME`` and commit it.
+    """Write embedded passages into a new version of ``indexes/NAME`` and commit it.
 
     ``result`` holds the committed manifest afterwards.
     """
@@ -51,7 +54,7 @@ class BuildIndex(Stage):
         factory: str,
         encoder: dict[str, Any],
         manifest_fields: dict[str, Any],
-        n_docs: int,
+        n_rows: int,
         precision: str = "fp32",
         writer: IndexWriter | None = None,
         hooks: Iterable[BuildHook] = (),
@@ -62,7 +65,7 @@ class BuildIndex(Stage):
         self.factory = factory
         self.encoder = encoder
         self.manifest_fields = manifest_fields
-        self.n_docs = n_docs
+        self.n_rows = n_rows
         self.precision = precision
         self.result: dict[str, Any] | None = None
         #: run on the staged version before commit (BM25, ANN tuning); each adds manifest fields
@@ -80,10 +83,10 @@ class BuildIndex(Stage):
         need_training = not index.is_trained
         pending: list[np.ndarray] = []
         pending_n = 0
-        wanted = train_size(self.factory, self.n_docs)
+        wanted = train_size(self.factory, self.n_rows)
         # documents longer than the model reads are cut: counted, never silent
         limit = int(self.encoder.get("max_length") or 0) or np.iinfo(np.int32).max
-        truncated = tokens_cut = measured = 0
+        truncated = tokens_cut = measured = documents = 0
         with nullcontext(self.writer) if self.writer else IndexWriter(self.root) as writer:
             with (
                 ipc.new_file(str(writer.path(DOCS_FILE)), DOC_STORE_SCHEMA) as store,
@@ -104,13 +107,15 @@ class BuildIndex(Stage):
                         truncated += len(over)
                         tokens_cut += int(over.sum())
                         measured += len(lengths)
+                    batch = whole_passages(batch)
                     doc_rows = pa.record_batch(
                         [batch.column(n) for n in DOC_STORE_SCHEMA.names], schema=DOC_STORE_SCHEMA
                     )
                     store.write_batch(doc_rows)
+                    documents += int(pc.sum(pc.equal(doc_rows.column(C.PASSAGE), 0)).as_py() or 0)
                     kept.write_batch(
                         pa.record_batch(
-                            [content_sha256(doc_rows), vectors_to_arrow(vectors)],
+                            [batch.column(C.CONTENT_SHA256), vectors_to_arrow(vectors)],
                             schema=vectors_schema(dim),
                         )
                     )
@@ -149,7 +154,8 @@ class BuildIndex(Stage):
                 "metric": "inner_product",
                 "normalized": bool(self.encoder.get("normalize")),
                 "factory": self.factory,
-                "doc_count": int(index.ntotal),
+                "doc_count": documents,
+                "passage_count": int(index.ntotal),
                 "search_params": {},
                 **extra,
             }

@@ -13,15 +13,18 @@ The output has the hit schema of a single retriever plus one score column per so
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
-from searchpipe.stages.base import Stage
+from searchpipe.stages.base import Source, Stage
 
 METHODS = ("rrf", "weighted")
 
@@ -167,3 +170,96 @@ class Fuse(Stage):
             *(pa.array(p.astype(np.float32), mask=np.isnan(p)) for p in per_source),
         ]
         return pa.record_batch(columns, names=list(self.provides))
+
+
+class FuseRuns(Source):
+    """Fuse run files from anywhere (TREC, Arrow, JSONL, Parquet; ``stages.read``) by query.
+
+    The same fusion as hybrid retrieval, over files: documents are matched by id across the
+    runs; the output has ``query_id, doc_id, score, rank`` and one ``run<i>_score`` per run.
+
+    >>> FuseRuns(["bm25.trec", "dense.trec"], method="rrf", rrf_k=60)  # doctest: +SKIP
+    """
+
+    name = "fuse_runs"
+
+    def __init__(
+        self,
+        paths: list[str | Path],
+        method: str = "rrf",
+        rrf_k: int = 60,
+        weights: list[float] | None = None,
+        k: int = 100,
+    ) -> None:
+        from searchpipe.stages.read import Read
+
+        if len(paths) < 2:
+            raise InputError(f"fuse needs two or more runs, got {len(paths)}")
+        if method not in METHODS:
+            raise InputError(f"fusion method {method!r} is not one of {', '.join(METHODS)}")
+        if weights is not None and len(weights) != len(paths):
+            raise InputError(f"fuse got {len(weights)} weights for {len(paths)} runs")
+        self.runs = [Read(p) for p in paths]
+        for run in self.runs:
+            missing = [c for c in (C.QUERY_ID, C.DOC_ID, C.RANK, C.SCORE) if c not in run.provides]
+            if missing:
+                raise InputError(f"run {run.path} lacks column(s) {', '.join(missing)}")
+        self.method, self.rrf_k, self.k = method, rrf_k, k
+        self.weights = weights or [1.0] * len(paths)
+        self.provides = (
+            C.QUERY_ID, C.DOC_ID, C.SCORE, C.RANK,
+            *(f"run{i + 1}_score" for i in range(len(paths))),
+        )  # fmt: skip
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "runs": [str(r.path) for r in self.runs],
+            "method": self.method,
+            "rrf_k": self.rrf_k,
+            "weights": self.weights,
+            "k": self.k,
+        }
+
+    def fingerprint_source(self) -> str:
+        return json.dumps([r.fingerprint_source() for r in self.runs])
+
+    def output_columns(self, available: set[str]) -> set[str]:
+        return set(self.provides)
+
+    def read(self) -> Iterator[pa.RecordBatch]:
+        tables = [
+            pa.Table.from_batches(list(r.read())).select([C.QUERY_ID, C.DOC_ID, C.RANK, C.SCORE])
+            for r in self.runs
+        ]
+        # documents are matched by id: number them over all runs, in place of doc store rows
+        ids = pa.chunked_array([t.column(C.DOC_ID).cast(pa.string()) for t in tables])
+        vocabulary = pc.unique(ids)
+        hits = [
+            pa.record_batch(
+                [
+                    t.column(C.QUERY_ID).cast(pa.string()).combine_chunks(),
+                    pc.index_in(t.column(C.DOC_ID).cast(pa.string()), value_set=vocabulary)
+                    .cast(pa.int64())
+                    .combine_chunks(),
+                    t.column(C.SCORE).cast(pa.float32()).combine_chunks(),
+                    t.column(C.RANK).cast(pa.int32()).combine_chunks(),
+                ],
+                names=[C.QUERY_ID, C.DOC_ROW, C.SCORE, C.RANK],
+            )
+            for t in tables
+        ]
+        q, rows, fused, per_source = fuse_hits(hits, self.weights, self.method, self.rrf_k, self.k)
+        seen = list(
+            dict.fromkeys(pa.chunked_array([h.column(C.QUERY_ID) for h in hits]).to_pylist())
+        )
+        start = np.searchsorted(q, q, side="left")
+        yield pa.record_batch(
+            [
+                pa.array([seen[i] for i in q], pa.string()),
+                vocabulary.take(pa.array(rows.astype(np.int64))),
+                pa.array(fused.astype(np.float32)),
+                pa.array((np.arange(len(q)) - start + 1).astype(np.int32)),
+                *(pa.array(p.astype(np.float32), mask=np.isnan(p)) for p in per_source),
+            ],
+            names=list(self.provides),
+        )

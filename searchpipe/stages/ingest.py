@@ -89,6 +89,8 @@ class _RowChecker:
         self.path, self.kind, self.id_keys, self.batch_rows = path, kind, id_keys, batch_rows
         self.seen: dict[str, str] = {}  # id -> where it was first seen
         self.rows: list[dict[str, Any]] = []
+        #: metadata field -> (its type, where it was first seen, that value)
+        self.kinds: dict[str, tuple[str, str, Any]] = {}
 
     def add(self, record: Any, where: str) -> None:
         if not isinstance(record, dict):
@@ -133,6 +135,7 @@ class _RowChecker:
         if title is not None and not isinstance(title, str):
             title = str(title)
         extra = {k: v for k, v in record.items() if k not in (key, "text", "title")}
+        self.check_types(extra, rid, where)
         meta = json.dumps(extra, ensure_ascii=False, default=str) if extra else None
         for field, value in (("id", rid), ("title", title), ("text", text), ("other fields", meta)):
             if value is not None and not _is_utf8(value):
@@ -141,6 +144,26 @@ class _RowChecker:
                     "(an unpaired \\ud800-\\udfff escape), which is not valid UTF-8; fix that escape"
                 )
         self.rows.append({"id": rid, "title": title or "", "text": text, "meta": meta})
+
+    def check_types(self, extra: dict[str, Any], rid: str, where: str) -> None:
+        """Each metadata field keeps one type in every record, so it becomes one typed column
+        to filter on (``index.filters``)."""
+        for name, value in extra.items():
+            kind = _metadata_kind(value)
+            if kind is None:
+                continue
+            if kind.startswith("a list mixing"):
+                raise InputError(
+                    f"{self.path}:{where}: metadata field {name!r} of {self.kind} {rid!r:.40} is "
+                    f"{kind} ({value!r:.60}); a list field holds strings only"
+                )
+            first = self.kinds.setdefault(name, (kind, where, value))
+            if first[0] != kind:
+                raise InputError(
+                    f"{self.path}:{where}: metadata field {name!r} of {self.kind} {rid!r:.40} is "
+                    f"{kind} ({value!r:.40}) but {first[0]} at {first[1]} ({first[2]!r:.40}); "
+                    "give the field one type in every record, or rename it where it differs"
+                )
 
     def full(self) -> bool:
         return len(self.rows) >= self.batch_rows
@@ -165,6 +188,23 @@ class _RowChecker:
             ],
             schema=CORPUS_SCHEMA,
         )
+
+
+def _metadata_kind(value: Any) -> str | None:
+    """The type a metadata value gives its column (None: missing, fits any)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        if all(isinstance(v, str) for v in value):
+            return "a list of strings"
+        return "a list mixing " + ", ".join(sorted({type(v).__name__ for v in value}))
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"  # strings, and dates and the like, which are stored as text
 
 
 def _is_utf8(text: str) -> bool:

@@ -1,4 +1,4 @@
-"""Write: save a stream of batches as Arrow IPC, JSONL or a TREC run (by file extension).
+"""Write: save a stream of batches as Arrow IPC, Parquet, JSONL or a TREC run (by extension).
 
 Writes go to a temporary file beside the target and are renamed into place when complete,
 so an interrupted write never leaves a half-written output under the final name.
@@ -23,7 +23,7 @@ RUN_TAG = "searchpipe"
 
 
 class Write(Stage):
-    """Write batches to ``path`` (Arrow, JSONL or TREC) and pass them on unchanged."""
+    """Write batches to ``path`` (Arrow, Parquet, JSONL or TREC) and pass them on unchanged."""
 
     name = "write"
     batchwise = False
@@ -43,8 +43,8 @@ class Write(Stage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         try:
-            if self.format == "arrow":
-                yield from self._arrow(batches, tmp)
+            if self.format in ("arrow", "parquet"):
+                yield from self._table_file(batches, tmp)
             else:
                 with open(tmp, "w", encoding="utf-8") as f:
                     for batch in batches:
@@ -59,14 +59,19 @@ class Write(Stage):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _arrow(self, batches: Iterable[pa.RecordBatch], tmp: Path) -> Iterator[pa.RecordBatch]:
+    def _table_file(self, batches: Iterable[pa.RecordBatch], tmp: Path) -> Iterator[pa.RecordBatch]:
         import pyarrow.ipc as ipc
+        import pyarrow.parquet as pq
 
-        writer = None
+        writer: Any = None
         try:
             for batch in batches:
                 if writer is None:
-                    writer = ipc.new_file(str(tmp), batch.schema)
+                    writer = (
+                        pq.ParquetWriter(str(tmp), batch.schema)
+                        if self.format == "parquet"
+                        else ipc.new_file(str(tmp), batch.schema)
+                    )
                 writer.write_batch(batch)
                 self.rows += batch.num_rows
                 yield batch

@@ -95,6 +95,10 @@ class TrainConfig(StrictModel):
     seed: int = 42
     mining: MiningConfig = MiningConfig()
     progress: bool | None = None  # default: progress bars when stderr is a terminal
+    #: minutes of training the step count is cut to, from a throughput measured on this
+    #: machine before training (0: no cap); epochs stay the plan when they fit
+    time_budget: float = Field(default=30.0, ge=0)
+    evals_per_epoch: int = Field(default=2, ge=1)  # dev evaluations (and checkpoints) per epoch
 
 
 class RerankerTrainConfig(TrainConfig):
@@ -115,10 +119,7 @@ class RerankerTrainConfig(TrainConfig):
     loss: Literal["listwise", "bce"] = "listwise"
     random_negatives: int = Field(default=1, ge=0)  # per positive, besides the mined ones
     head: Literal["random", "pooler-identity"] = "random"
-    evals_per_epoch: int = Field(default=3, ge=1)  # dev evaluations (and checkpoints) per epoch
-    #: minutes of training the step count is cut to, from a throughput measured on this
-    #: machine before training (0: no cap); epochs stay the plan when they fit
-    time_budget: float = Field(default=30.0, ge=0)
+    evals_per_epoch: int = Field(default=3, ge=1)
 
 
 class EmbedderTrainConfig(TrainConfig):
@@ -425,7 +426,11 @@ class Prepared:
         )
         self.index = mining_index(cfg, self.work, cfg.progress)
         self.doc_ids = self.index.docs.column(C.DOC_ID).to_pylist()
-        self.doc_row = {d: i for i, d in enumerate(self.doc_ids)}
+        # a document's first passage (rows are written passage 0 first) stands for it, unless
+        # the first stage found a better passage for the query (``positives``)
+        self.doc_row: dict[str, int] = {}
+        for i, d in enumerate(self.doc_ids):
+            self.doc_row.setdefault(d, i)
         unknown = {d for q in qrels.values() for d in q if d not in self.doc_row}
         if unknown:
             log.warning(
@@ -443,13 +448,27 @@ class Prepared:
             cfg.mining.sample,
             cfg.seed,
         )
+        self.best_row = {
+            (q, self.doc_ids[r]): r
+            for q, r in zip(
+                self.candidates.column(C.QUERY_ID).to_pylist(),
+                self.candidates.column(C.DOC_ROW).to_pylist(),
+                strict=True,
+            )
+        }
         needed = [r for q in qrels for r in self.negatives.get(q, [])]
         needed += [self.doc_row[d] for q in qrels.values() for d in q if d in self.doc_row]
         needed += self.candidates.column(C.DOC_ROW).to_pylist()
         self.texts = self.index.texts(needed)
 
     def positives(self, q: str) -> list[int]:
-        return [self.doc_row[d] for d, r in self.qrels[q].items() if r > 0 and d in self.doc_row]
+        """Rows of the judged positives of ``q``: the passage the first stage ranked best for
+        ``q``, or the document's first passage."""
+        return [
+            self.best_row.get((q, d), self.doc_row[d])
+            for d, r in self.qrels[q].items()
+            if r > 0 and d in self.doc_row
+        ]
 
     def examples(self, ids: list[str]) -> list[tuple[str, str, list[int]]]:
         """(query text, positive's text, negative rows) for each judged positive of ``ids``."""
@@ -519,7 +538,7 @@ def _trainer_args(
     planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     total = max_steps if max_steps is not None else planned
     # evaluate (and checkpoint) a few times per epoch, and as often in a run cut short
-    per_epoch = getattr(cfg, "evals_per_epoch", 2)
+    per_epoch = cfg.evals_per_epoch
     n_evals = max(per_epoch, round(per_epoch * total / max(steps_per_epoch, 1)))
     every = max(1, math.ceil(total / n_evals))
     return cls(
@@ -768,17 +787,36 @@ def pairs_per_second(model: Any, queries: list[str], docs: list[str], bf16: bool
     return len(queries) / max(min(times[1:]), 1e-9)
 
 
+def texts_per_second(model: Any, texts: list[str], bf16: bool) -> float:
+    """Training throughput of a SentenceTransformer on this machine: forward and backward
+    passes over ``texts`` at its max length, as the trainer runs them (no weight changes)."""
+    import torch
+
+    was_training = model.training
+    model.train()
+    features = {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
+    device = "cuda" if model.device.type == "cuda" else "cpu"
+    times = []
+    for _ in range(3):  # the first pass pays one-off setup
+        t0 = time.perf_counter()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            model(dict(features))["sentence_embedding"].float().sum().backward()
+        times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return len(texts) / max(min(times[1:]), 1e-9)
+
+
 def budget_steps(
-    cfg: RerankerTrainConfig, planned: int, pair_rate: float, dev_pairs: int
+    cfg: TrainConfig, planned: int, rate: float, dev_units: int, step_units: int
 ) -> tuple[int, dict[str, Any]]:
-    """The steps that fit ``cfg.time_budget`` minutes at ``pair_rate``, evaluations included."""
-    group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
-    step_pairs = cfg.batch_size * group
-    rate = 0.85 * pair_rate  # the optimiser step and data loading on top of the passes
-    one_eval = dev_pairs / (6 * rate)  # forward only, no gradients: ~6-8x faster
+    """The steps that fit ``cfg.time_budget`` minutes at ``rate`` units (reranker pairs,
+    embedder texts) per second, dev evaluations included; a step trains ``step_units``."""
+    rate = 0.85 * rate  # the optimiser step and data loading on top of the passes
+    one_eval = dev_units / (6 * rate)  # forward only, no gradients: ~6-8x faster
 
     def fitting(evals: float) -> int:
-        return int((60 * cfg.time_budget - evals * one_eval) * rate / step_pairs)
+        return int((60 * cfg.time_budget - evals * one_eval) * rate / step_units)
 
     # a run cut short still has evals_per_epoch dev checks (see _trainer_args); the whole plan
     # has that many per epoch
@@ -789,8 +827,8 @@ def budget_steps(
     return steps, {
         "planned_steps": planned,
         "steps_in_budget": fit,
-        "measured_pairs_per_second": round(pair_rate, 1),
-        "pairs_per_step": step_pairs,
+        "measured_per_second": round(rate / 0.85, 1),
+        "per_step": step_units,
         "time_budget_minutes": cfg.time_budget,
     }
 
@@ -872,7 +910,9 @@ def train_reranker(
             model, list(sample["query"]), list(sample[first]),
             resolve_precision(cfg.precision) == "bf16",
         )  # fmt: skip
-        steps, budget = budget_steps(cfg, planned, rate, sum(len(s["documents"]) for s in dev))
+        group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
+        dev_pairs = sum(len(s["documents"]) for s in dev)
+        steps, budget = budget_steps(cfg, planned, rate, dev_pairs, cfg.batch_size * group)
         if steps < planned:
             log.info(
                 "time budget: %d of the %d planned steps fit in %.0f minutes at %.1f pairs/s",
@@ -985,19 +1025,36 @@ def train_embedder(
         ) from None
     model.max_seq_length = cfg.max_length
     loss = MultipleNegativesRankingLoss(model, scale=cfg.scale)
+    dev = prep.dev_samples()
     evaluator = RerankingEvaluator(
-        [{k: s[k] for k in ("query", "positive", "negative")} for s in prep.dev_samples()],
+        [{k: s[k] for k in ("query", "positive", "negative")} for s in dev],
         at_k=10,
         name="dev",
         batch_size=cfg.batch_size * 2,
         write_csv=False,
     )
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    steps, budget = planned, dict[str, Any]()
+    if cfg.max_steps <= 0 and cfg.time_budget > 0:
+        from searchpipe.models.precision import resolve_precision
+
+        sample = train.select(range(min(len(train), 16)))
+        texts = [t for c in sample.column_names for t in sample[c]]
+        rate = texts_per_second(model, texts, resolve_precision(cfg.precision) == "bf16")
+        dev_texts = sum(1 + len(s["positive"]) + len(s["negative"]) for s in dev)
+        steps, budget = budget_steps(cfg, planned, rate, dev_texts, cfg.batch_size * (2 + n_neg))
+        if steps < planned:
+            log.info(
+                "time budget: %d of the %d planned steps fit in %.0f minutes at %.1f texts/s",
+                steps, planned, cfg.time_budget, rate,
+            )  # fmt: skip
     args = _trainer_args(
         SentenceTransformerTrainingArguments,
         cfg,
         prep.work,
         steps_per_epoch,
+        max_steps=steps,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         metric_for_best_model="eval_dev_ndcg@10",
         greater_is_better=True,
@@ -1006,10 +1063,14 @@ def train_embedder(
         model=model, args=args, train_dataset=train, loss=loss, evaluator=evaluator
     )
     log.info(
-        "train embedder: %d triples from %d queries (%d dev), %d steps/epoch",
+        "train embedder: %d triples from %d queries (%d dev), %d steps/epoch, %d steps",
         len(train),
         len(prep.train_ids),
         len(prep.dev_ids),
         steps_per_epoch,
+        steps,
     )
-    return _fit(trainer, model, cfg, prep, t0, "embedder")
+    summary = _fit(trainer, model, cfg, prep, t0, "embedder")
+    summary["budget"] = budget
+    summary["texts_per_second"] = round(summary["rows_per_second"] * (2 + n_neg), 2)
+    return summary
