@@ -88,6 +88,7 @@ def test_health_readiness_listing_and_docs(served, sample_home: Path) -> None:
         {"retriever": "bm25", "k": 7},
         {"retriever": "hybrid", "fusion": "weighted", "dense_weight": 2.0, "k": 4},
         {"filter": "doc_id < 'd100'", "k": 6},
+        {"passages": True, "k": 5},
     ],
 )
 def test_search_equals_searcher(served, sample_index: Index, settings: dict[str, Any]) -> None:

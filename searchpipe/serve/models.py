@@ -134,6 +134,11 @@ class Hit(BaseModel):
     highlights: list[tuple[int, int]] = Field(
         description="[start, end) character offsets of query terms in the snippet."
     )
+    passage: int | None = Field(
+        None, description="Which passage of the document matched (0-based), when it was split."
+    )
+    start: int | None = Field(None, description="Where that passage starts in the document.")
+    end: int | None = Field(None, description="Where it ends.")
     metadata: dict[str, Any]
 
 

@@ -176,16 +176,16 @@ class Registry:
         import pyarrow as pa
 
         from searchpipe import columns as C
-        from searchpipe.serve.snippet import Snippets
 
-        Snippets("warm up")("warm up the snippets")  # loads the stemmer and stopwords once
         queries = pa.table({C.QUERY_ID: ["warm"], C.TEXT: ["warm up the models"]})
         for rerank in dict.fromkeys([self.models.rerank, None]):
             # the settings a request with no options gets (Server.settings_for)
             settings = SearchSettings.model_validate(
                 {"rerank": rerank, "precision": self.precision}
             )
-            served.searcher(settings, self.models).search_batch(queries)
+            searcher = served.searcher(settings, self.models)
+            hits = searcher.search_batch(queries)
+            list(searcher.snippet(hits.to_batches()))  # loads the stemmer and stopwords once
 
     def install(self, served: ServedVersion) -> bool:
         """Make ``served`` the current version of its index unless a newer one already is."""

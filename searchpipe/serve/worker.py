@@ -34,7 +34,7 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.config import SearchSettings
-from searchpipe.serve.snippet import Snippets
+from searchpipe.serve.snippet import window
 from searchpipe.serve.versions import Registry, ServedVersion
 
 log = logging.getLogger("searchpipe.serve")
@@ -238,31 +238,33 @@ class Worker:
         profile: dict[str, float] = {}
         hits = searcher.search_batch(table, settings.k, profile)
         timings = stage_times(profile)
-        per_query: list[list[int]] = [[] for _ in queries]
         if hits.num_rows:
-            for row, qid in enumerate(hits.column(C.QUERY_ID).to_pylist()):
-                per_query[int(qid)].append(row)
-        docs = served.index.docs.take(hits.column(C.DOC_ROW)) if hits.num_rows else None
-        rows = hits.to_pylist()
-        doc_rows = docs.select([C.TITLE, C.TEXT, C.METADATA]).to_pylist() if docs else []
+            # what Searcher.search adds to each hit: title, metadata, the matched passage and
+            # its highlighted terms (searchpipe.stages.snippet)
+            hits = pa.Table.from_batches(list(searcher.snippet(hits.to_batches())))
+        per_query: list[list[dict[str, Any]]] = [[] for _ in queries]
+        for hit in hits.to_pylist() if hits.num_rows else []:
+            per_query[int(hit[C.QUERY_ID])].append(hit)
         retriever = resolved_retriever(settings, served.manifest)
         answers = []
-        for text, picked in zip(queries, per_query, strict=True):
-            snippets = Snippets(text)
+        for picked in per_query:
             out = []
-            for r in picked:
-                hit, doc = rows[r], doc_rows[r]
-                snippet, spans = snippets(doc[C.TEXT] or "")
+            for hit in picked:
+                spans = [(h["start"], h["end"]) for h in hit[C.HIGHLIGHTS] or []]
+                snippet, inside = window(hit[C.TEXT] or "", spans)
                 out.append(
                     {
                         "rank": hit[C.RANK],
                         "doc_id": hit[C.DOC_ID],
                         "score": finite(hit[C.SCORE]),
                         "scores": stage_scores(hit, retriever),
-                        "title": doc[C.TITLE] or "",
+                        "title": hit[C.TITLE] or "",
                         "snippet": snippet,
-                        "highlights": spans,
-                        "metadata": json.loads(doc[C.METADATA]) if doc[C.METADATA] else {},
+                        "highlights": inside,
+                        "passage": hit.get(C.PASSAGE),
+                        "start": hit.get(C.START),
+                        "end": hit.get(C.END),
+                        "metadata": json.loads(hit[C.METADATA]) if hit[C.METADATA] else {},
                     }
                 )
             answers.append(Answer(served.version, out, timings, len(queries)))
