@@ -396,3 +396,19 @@ def test_the_time_budget_counts_the_dev_checks_a_cut_run_makes() -> None:
     small, _ = budget_steps(cfg, planned=100, rate=7.8, dev_units=81 * 20, step_units=36)
     assert small == 100  # the whole plan fits
     assert info["per_step"] == 36
+
+
+def test_embedder_throughput_is_measured_with_the_trainers_passes() -> None:
+    """The embedder's time budget rests on this measurement (forward and backward, no
+    weight change)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from searchpipe.models.resolve import resolve_model
+    from searchpipe.training.train import texts_per_second
+
+    model = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
+    before = [p.detach().clone() for p in model.parameters()][:3]
+    rate = texts_per_second(model, ["a short text", "another one", "and a third"], bf16=False)
+    assert rate > 0 and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, list(model.parameters())[:3], strict=True))

@@ -794,7 +794,9 @@ def texts_per_second(model: Any, texts: list[str], bf16: bool) -> float:
 
     was_training = model.training
     model.train()
-    features = {k: v.to(model.device) for k, v in model.tokenize(texts).items()}
+    features = {  # tensors, and whatever else the model's modules read (text keys ...)
+        k: v.to(model.device) if hasattr(v, "to") else v for k, v in model.tokenize(texts).items()
+    }
     device = "cuda" if model.device.type == "cuda" else "cpu"
     times = []
     for _ in range(3):  # the first pass pays one-off setup
