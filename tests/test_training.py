@@ -412,3 +412,15 @@ def test_embedder_throughput_is_measured_with_the_trainers_passes() -> None:
     rate = texts_per_second(model, ["a short text", "another one", "and a third"], bf16=False)
     assert rate > 0 and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, list(model.parameters())[:3], strict=True))
+
+
+def test_dev_checks_are_cut_to_a_share_of_the_time_budget() -> None:
+    from searchpipe.training.train import EVAL_SHARE, MIN_DEV, affordable_dev
+
+    cfg = EmbedderTrainConfig(data="d", output="o")  # 30 minutes, 2 epochs, 2 checks each
+    dev = [{"n": 22}] * 518
+    kept = affordable_dev(dev, lambda s: s["n"], rate=2.7, cfg=cfg)
+    allowed = EVAL_SHARE * 1800 * 6 * 0.85 * 2.7 / 4  # texts the 4 checks may encode
+    assert len(kept) == int(allowed // 22) and MIN_DEV <= len(kept) < 518
+    assert len(affordable_dev(dev, lambda s: s["n"], rate=1000.0, cfg=cfg)) == 518
+    assert len(affordable_dev(dev, lambda s: s["n"], rate=0.01, cfg=cfg)) == MIN_DEV

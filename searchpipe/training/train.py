@@ -32,7 +32,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -809,6 +809,37 @@ def texts_per_second(model: Any, texts: list[str], bf16: bool) -> float:
     return len(texts) / max(min(times[1:]), 1e-9)
 
 
+#: the share of the time budget that dev checks may take, and the fewest dev queries kept
+EVAL_SHARE = 0.2
+MIN_DEV = 50
+
+
+def affordable_dev(
+    dev: list[dict[str, Any]], units: Callable[[dict[str, Any]], int], rate: float, cfg: TrainConfig
+) -> list[dict[str, Any]]:
+    """The dev samples whose checks fit ``EVAL_SHARE`` of ``cfg.time_budget`` at ``rate`` units
+    a second (forward only: ~6x the training rate), at least ``MIN_DEV`` of them.
+
+    A 518-query pseudo-query dev slice once took 40 of the 30 budgeted minutes in dev checks
+    alone, leaving 6 training steps of 290.
+    """
+    evals = cfg.evals_per_epoch * max(cfg.epochs, 1.0)
+    allowed = EVAL_SHARE * 60 * cfg.time_budget * 6 * 0.85 * rate / evals
+    kept: list[dict[str, Any]] = []
+    used = 0
+    for sample in dev:
+        used += units(sample)
+        if used > allowed and len(kept) >= MIN_DEV:
+            break
+        kept.append(sample)
+    if len(kept) < len(dev):
+        log.info(
+            "dev checks: %d of %d dev queries fit %d%% of the %.0f-minute budget",
+            len(kept), len(dev), round(100 * EVAL_SHARE), cfg.time_budget,
+        )  # fmt: skip
+    return kept
+
+
 def budget_steps(
     cfg: TrainConfig, planned: int, rate: float, dev_units: int, step_units: int
 ) -> tuple[int, dict[str, Any]]:
@@ -894,14 +925,6 @@ def train_reranker(
         negatives = cfg.mining.negatives + cfg.random_negatives
         loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(negatives)))
     dev = prep.dev_samples()
-    evaluator = CrossEncoderRerankingEvaluator(
-        [{k: s[k] for k in ("query", "positive", "documents")} for s in dev],
-        at_k=10,
-        always_rerank_positives=False,
-        name="dev",
-        batch_size=64,
-        write_csv=False,
-    )
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     budget: dict[str, Any] = {}
@@ -913,6 +936,7 @@ def train_reranker(
             resolve_precision(cfg.precision) == "bf16",
         )  # fmt: skip
         group = 1 + cfg.mining.negatives + cfg.random_negatives if cfg.loss == "listwise" else 1
+        dev = affordable_dev(dev, lambda s: len(s["documents"]), rate, cfg)
         dev_pairs = sum(len(s["documents"]) for s in dev)
         steps, budget = budget_steps(cfg, planned, rate, dev_pairs, cfg.batch_size * group)
         if steps < planned:
@@ -922,6 +946,14 @@ def train_reranker(
             )  # fmt: skip
     else:
         steps = planned
+    evaluator = CrossEncoderRerankingEvaluator(
+        [{k: s[k] for k in ("query", "positive", "documents")} for s in dev],
+        at_k=10,
+        always_rerank_positives=False,
+        name="dev",
+        batch_size=64,
+        write_csv=False,
+    )
     args = _trainer_args(
         CrossEncoderTrainingArguments,
         cfg,
@@ -1028,13 +1060,6 @@ def train_embedder(
     model.max_seq_length = cfg.max_length
     loss = MultipleNegativesRankingLoss(model, scale=cfg.scale)
     dev = prep.dev_samples()
-    evaluator = RerankingEvaluator(
-        [{k: s[k] for k in ("query", "positive", "negative")} for s in dev],
-        at_k=10,
-        name="dev",
-        batch_size=cfg.batch_size * 2,
-        write_csv=False,
-    )
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     planned = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     steps, budget = planned, dict[str, Any]()
@@ -1044,6 +1069,7 @@ def train_embedder(
         sample = train.select(range(min(len(train), 16)))
         texts = [t for c in sample.column_names for t in sample[c]]
         rate = texts_per_second(model, texts, resolve_precision(cfg.precision) == "bf16")
+        dev = affordable_dev(dev, lambda s: 1 + len(s["positive"]) + len(s["negative"]), rate, cfg)
         dev_texts = sum(1 + len(s["positive"]) + len(s["negative"]) for s in dev)
         steps, budget = budget_steps(cfg, planned, rate, dev_texts, cfg.batch_size * (2 + n_neg))
         if steps < planned:
@@ -1051,6 +1077,13 @@ def train_embedder(
                 "time budget: %d of the %d planned steps fit in %.0f minutes at %.1f texts/s",
                 steps, planned, cfg.time_budget, rate,
             )  # fmt: skip
+    evaluator = RerankingEvaluator(
+        [{k: s[k] for k in ("query", "positive", "negative")} for s in dev],
+        at_k=10,
+        name="dev",
+        batch_size=cfg.batch_size * 2,
+        write_csv=False,
+    )
     args = _trainer_args(
         SentenceTransformerTrainingArguments,
         cfg,
