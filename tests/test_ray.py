@@ -1,0 +1,233 @@
+"""The Ray engine against the local one: a real two-node Ray cluster on this machine (one CPU
+per node), the sample corpus indexed on it, compared row by row with the local index; a
+worker killed mid-job, a driver killed mid-job and a damaged shard all end at the same index.
+
+No Ray is mocked. If Ray cannot start here the tests fail and say why.
+
+Both engines embed in fp32 here: in bf16 (the default on a CPU with AMX) a vector depends on
+the other texts of its forward pass (padding, kernel blocking) by about 5e-4, more than the
+1e-4 the engines must agree to; fp32 makes that dependence ~1e-6, so any real difference
+(a row out of place, a stale shard) shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from searchpipe import columns as C
+from searchpipe.config import EngineConfig
+from searchpipe.index.store import Index, check_index
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """Two Ray nodes of one CPU each, started once per session, this process connected."""
+    try:
+        import ray
+        from ray.cluster_utils import Cluster
+    except ImportError as e:
+        pytest.fail(f"Ray is not installed ({e}); `make install` installs searchpipe[ray]")
+    try:
+        cluster = Cluster(
+            initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+        )
+        cluster.add_node(num_cpus=1)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+        cluster.wait_for_nodes()
+    except Exception as e:  # the reason, not a skip: the default suite must test Ray
+        pytest.fail(f"a local two-node Ray cluster could not start: {type(e).__name__}: {e}")
+    assert ray.cluster_resources().get("CPU") == 2
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_fp32(tmp_path_factory: pytest.TempPathFactory, sample_corpus: Path) -> Index:
+    """The oracle: the sample corpus indexed by the local engine, fp32."""
+    from searchpipe.api import build_index
+
+    root = tmp_path_factory.mktemp("local")
+    work = EngineConfig(work_dir=root / "runs")
+    return build_index(
+        corpus=sample_corpus, name="sample", index_root=root, precision="fp32", engine=work
+    )
+
+
+def ray_engine(home: Path, **kw: Any) -> EngineConfig:
+    return EngineConfig(kind="ray", workers=2, work_dir=home / "shared", **kw)
+
+
+def assert_same_index(ray_index: Index, local: Index, encoder: Any, queries: Path) -> None:
+    """Row by row the local index: doc ids and passages, vectors, top-10 of every query."""
+    from searchpipe.api import Searcher
+    from searchpipe.arrow import arrow_to_vectors
+    from searchpipe.stages.ingest import read_queries
+
+    for col in (C.DOC_ID, C.PASSAGE, C.TEXT):
+        assert ray_index.docs.column(col).to_pylist() == local.docs.column(col).to_pylist()
+    assert ray_index.vectors is not None and local.vectors is not None
+    got = arrow_to_vectors(ray_index.vectors.column(C.EMBEDDING))
+    want = arrow_to_vectors(local.vectors.column(C.EMBEDDING))
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    table = read_queries(queries)
+    for retriever in ("hybrid", "dense"):
+        hits = [
+            Searcher(index, encoder=encoder, retriever=retriever)
+            .search_batch(table, k=10)
+            .select(["query_id", "doc_id"])
+            .to_pylist()
+            for index in (ray_index, local)
+        ]
+        assert hits[0] == hits[1], f"{retriever} top-10 differ"
+    check_index(ray_index.root)
+
+
+def test_bad_input_fails_on_the_driver_as_locally(
+    ray_cluster: Any, home: Path, tmp_path: Path
+) -> None:
+    """Reading and validation run on the driver: the same error (file, line) as a local run,
+    and before any shard reaches Ray."""
+    from searchpipe.api import build_index
+    from searchpipe.errors import InputError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "fine"}\n{"_id": "b", "text": ""}\n')
+    errors = []
+    for engine in (EngineConfig(), ray_engine(home)):
+        with pytest.raises(InputError) as err:
+            build_index(corpus=bad, name="bad", progress=False, engine=engine)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1] and f"{bad}:line 2" in errors[0]
+    assert not list((home / "shared").rglob("embed/part-*.arrow"))
+
+
+def records(home: Path) -> list[Path]:
+    return sorted((home / "shared").rglob("embed/part-*.json"))
+
+
+def test_ray_builds_the_local_index_through_a_killed_worker_and_a_damaged_shard(
+    ray_cluster: Any,
+    home: Path,
+    sample_corpus: Path,
+    sample_queries: Path,
+    local_fp32: Index,
+    encoder: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Index the sample on two Ray workers and SIGKILL one embedding actor once it has
+    written its first shard: the job still completes (Ray restarts the actor; the driver
+    retries what is missing) and builds the local index, row for row. Then flip a byte in
+    one embedding shard: the next build names it, embeds that shard again, reuses the rest,
+    and builds the same index."""
+    from click.testing import CliRunner
+
+    from searchpipe.api import build_index
+    from searchpipe.cli import main
+    from searchpipe.engine.shards import read_json
+
+    engine = ray_engine(home, shard_rows=4)  # 75 shards: the kill lands mid-job
+    result: dict[str, Any] = {}
+
+    def build() -> None:
+        try:
+            result["index"] = build_index(
+                corpus=sample_corpus, name="sample", progress=False, precision="fp32", engine=engine
+            )
+        except BaseException as e:  # reported by the main thread
+            result["error"] = e
+
+    thread = threading.Thread(target=build)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not records(home) and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.01)
+    first = records(home)
+    assert first, f"no shard was embedded: {result.get('error')!r}"
+    victim = int(read_json(first[0])["pid"])
+    os.kill(victim, signal.SIGKILL)
+    killed_at = time.time()
+    thread.join(timeout=240)
+    assert not thread.is_alive(), "the job did not finish after the worker was killed"
+    assert "error" not in result, f"the job failed after a worker was killed: {result['error']!r}"
+    after = [read_json(r) for r in records(home) if r.stat().st_mtime > killed_at]
+    assert len(after) >= 10, "most shards should have been embedded after the kill"
+    assert victim not in {r["pid"] for r in after}, "the killed actor wrote nothing afterwards"
+    index = result["index"]
+    assert_same_index(index, local_fp32, encoder, sample_queries)
+    engine_record = index.manifest["engine"]
+    assert engine_record["kind"] == "ray" and engine_record["workers"] == 2
+    assert [s["rows"] for s in engine_record["shards"]] == [4] * 75
+    assert all(len(s["sha256"]) == 64 for s in engine_record["shards"])
+    out = CliRunner().invoke(main, ["info", "sample"])
+    assert out.exit_code == 0, out.output
+    assert "engine     ray, 2 worker(s)" in out.output and "part-00009 4 rows" in out.output
+    assert "65 more" in out.output
+
+    shard = sorted((home / "shared").rglob("embed/part-00007.arrow"))[0]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    shutil.rmtree(home / "indexes" / "sample")
+    with caplog.at_level("INFO", logger="searchpipe"):
+        index = build_index(
+            corpus=sample_corpus, name="sample", progress=False, precision="fp32", engine=engine
+        )
+    assert f"{shard} fails its checksum" in caplog.text
+    assert "74 of 75 shard(s) already embedded" in caplog.text
+    assert index.manifest["engine"]["reused_shards"] == 74
+    assert_same_index(index, local_fp32, encoder, sample_queries)
+
+
+def test_a_killed_driver_resumes_from_completed_shards(
+    ray_cluster: Any,
+    home: Path,
+    sample_corpus: Path,
+    sample_queries: Path,
+    local_fp32: Index,
+    encoder: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`searchpipe index --engine ray` SIGKILLed after some shards, then run again: it embeds
+    only the shards still missing and builds the local index."""
+    from searchpipe.api import build_index
+
+    work = home / "shared"
+    cmd = [
+        sys.executable, "-m", "searchpipe", "index", str(sample_corpus), "--name", "sample",
+        "--precision", "fp32", "--engine", "ray", "--ray-address", ray_cluster.address,
+        "--workers", "2", "--shard-rows", "4", "--work-dir", str(work),
+    ]  # fmt: skip
+    env = {**os.environ, "SEARCHPIPE_HOME": str(home)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while len(records(home)) < 5 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the driver ended early: {proc.communicate()[1].decode()[-2000:]}"
+    proc.kill()
+    proc.wait()
+    done = len(records(home))
+    assert 5 <= done < 75 and not (home / "indexes" / "sample" / "manifest.json").exists()
+    with caplog.at_level("INFO", logger="searchpipe"):
+        index = build_index(
+            corpus=sample_corpus,
+            name="sample",
+            progress=False,
+            precision="fp32",
+            engine=ray_engine(home, shard_rows=4),
+        )
+    reused = index.manifest["engine"]["reused_shards"]
+    assert reused >= done and f"{reused} of 75 shard(s) already embedded" in caplog.text
+    assert_same_index(index, local_fp32, encoder, sample_queries)
