@@ -1,0 +1,155 @@
+"""Scale-out: the Ray engine against the local one on SciFact (5,183 abstracts).
+
+    python benchmarks/scale_out.py [--workers 1,2] [--json]
+
+Each run is a fresh subprocess (a cold driver, so its peak RSS is its own): the local engine,
+then ``--engine ray`` with 1 and 2 workers of one CPU each on a Ray started on this machine.
+Reported per run: wall seconds (model load, Ray start and index build included), docs/s and
+passages/s over that wall time, the seconds Ray spent embedding, and the driver's peak RSS.
+Then each Ray index is compared with the local one: doc ids per row (must be equal), the
+largest vector difference, and top-10 agreement (dense, SciFact's queries).
+
+Figures here are from a 2-core machine shared with other work: they say what this code does
+on it, not what a quiet machine or a cluster would do. Skips with a message if
+../shared/data/scifact is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, SHARED, emit, log
+
+SCIFACT = SHARED / "scifact"
+
+
+def one_run(engine: str, workers: int, shard_rows: int, home: Path) -> dict[str, Any]:
+    """Build SciFact in this process (called in a subprocess); returns its figures."""
+    import resource
+
+    from searchpipe.api import build_index
+    from searchpipe.config import EngineConfig
+
+    os.environ["SEARCHPIPE_HOME"] = str(home)
+    cfg = EngineConfig(
+        kind=engine,  # type: ignore[arg-type]
+        workers=workers or None,
+        shard_rows=shard_rows,
+        work_dir=home / "work",
+    )
+    t0 = time.perf_counter()
+    index = build_index(corpus=SCIFACT, name="scifact", progress=False, engine=cfg)
+    seconds = time.perf_counter() - t0
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
+    m = index.manifest
+    return {
+        "engine": engine if engine == "local" else f"ray, {workers} worker(s)",
+        "seconds": round(seconds, 1),
+        "docs": m["doc_count"],
+        "passages": m["passage_count"],
+        "docs_per_s": round(m["doc_count"] / seconds, 1),
+        "passages_per_s": round(m["passage_count"] / seconds, 1),
+        "ray_embed_seconds": m.get("engine", {}).get("embed_seconds"),
+        "shards": len(m.get("engine", {}).get("shards", [])) or None,
+        "driver_peak_rss_mib": round(rss_kb / 1024),
+        "index": str(index.root),
+    }
+
+
+def compare(ray_root: Path, local_root: Path) -> dict[str, Any]:
+    """How far a Ray index is from the local one."""
+    import numpy as np
+
+    from searchpipe import columns as C
+    from searchpipe.api import Searcher
+    from searchpipe.arrow import arrow_to_vectors
+    from searchpipe.index.store import Index, check_index
+    from searchpipe.stages.ingest import read_queries
+
+    ray_index, local = Index.open(ray_root), Index.open(local_root)
+    same_ids = (
+        ray_index.docs.column(C.DOC_ID).to_pylist() == local.docs.column(C.DOC_ID).to_pylist()
+        and ray_index.docs.column(C.PASSAGE).to_pylist() == local.docs.column(C.PASSAGE).to_pylist()
+    )
+    assert ray_index.vectors is not None and local.vectors is not None
+    a = arrow_to_vectors(ray_index.vectors.column(C.EMBEDDING))
+    b = arrow_to_vectors(local.vectors.column(C.EMBEDDING))
+    queries = read_queries(SCIFACT / "queries.jsonl")
+    s_ray = Searcher(ray_index, retriever="dense")
+    s_local = Searcher(local, retriever="dense", encoder=s_ray.encoder)
+
+    def top10(s: Searcher) -> dict[str, list[str]]:
+        hits: dict[str, list[str]] = {}
+        for row in s.search_batch(queries, k=10).select(["query_id", "doc_id"]).to_pylist():
+            hits.setdefault(row["query_id"], []).append(row["doc_id"])
+        return hits
+
+    got, want = top10(s_ray), top10(s_local)
+    identical = sum(got[q] == want.get(q) for q in got)
+    overlap = np.mean([len(set(got[q]) & set(want.get(q, []))) / 10 for q in got])
+    check_index(ray_root)
+    return {
+        "doc_ids_per_row_equal": same_ids,
+        "max_abs_vector_diff": float(np.abs(a - b).max()) if a.shape == b.shape else None,
+        "top10_identical_queries": f"{identical}/{len(got)}",
+        "top10_overlap": round(float(overlap), 4),
+        "check": "ok",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", default="1,2", help="Ray worker counts to run.")
+    parser.add_argument("--shard-rows", type=int, default=1024, help="Passages per shard.")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:WORKERS:HOME
+    args = parser.parse_args()
+    if args.one:
+        engine, workers, home = args.one.split(":", 2)
+        print(json.dumps(one_run(engine, int(workers), args.shard_rows, Path(home))))
+        return
+    if not (SCIFACT / "corpus.jsonl").is_file():
+        print(f"skipped: SciFact not found at {SCIFACT} (needs ../shared/data/scifact)")
+        return
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[:3]
+    results: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "shard_rows": args.shard_rows,
+        "loadavg_before": " ".join(load),
+    }
+    runs = [("local", 0)] + [("ray", int(w)) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = {}
+        for engine, workers in runs:
+            home = Path(tmp) / f"{engine}-{workers}"
+            log(f"scale_out: building SciFact with engine {engine} ({workers or '-'} workers)")
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", f"{engine}:{workers}:{home}",
+                 "--shard-rows", str(args.shard_rows)],
+                cwd=ROOT, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if out.returncode != 0:
+                sys.exit(f"run {engine}:{workers} failed:\n{out.stderr[-3000:]}")
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            figures[f"{engine}-{workers}"] = run
+            results[run["engine"]] = {k: v for k, v in run.items() if k not in ("engine", "index")}
+        local_root = Path(figures["local-0"]["index"])
+        for key, run in figures.items():
+            if key != "local-0":
+                results[f"{run['engine']} vs local"] = compare(Path(run["index"]), local_root)
+        with open("/proc/loadavg") as f:
+            results["loadavg_after"] = " ".join(f.read().split()[:3])
+    emit(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
