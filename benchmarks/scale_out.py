@@ -105,16 +105,52 @@ def compare(ray_root: Path, local_root: Path) -> dict[str, Any]:
     }
 
 
+def faiss_figures(n_add: int = 200_000, factory: str = "IVF1024,PQ48") -> dict[str, Any]:
+    """What a 100M-passage cost model needs from FAISS, measured here: IVF-PQ train and add
+    rates and bytes per vector (random unit 384-d vectors; the rates, not recall, matter)."""
+    import faiss
+    import numpy as np
+
+    from searchpipe.index.faiss import make_faiss_index, train_size
+
+    rng = np.random.default_rng(0)
+    dim = 384
+    index = make_faiss_index(factory, dim)
+    sample = rng.standard_normal((train_size(factory, 10**8), dim), dtype=np.float32)
+    sample /= np.linalg.norm(sample, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    index.train(sample)
+    train_s = time.perf_counter() - t0
+    vectors = rng.standard_normal((n_add, dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    t0 = time.perf_counter()
+    index.add(vectors)
+    add_s = time.perf_counter() - t0
+    ivf = faiss.extract_index_ivf(index)
+    return {
+        "factory": factory,
+        "train_vectors": len(sample),
+        "train_seconds": round(train_s, 1),
+        "add_vectors_per_s": round(n_add / add_s),
+        "bytes_per_vector": ivf.code_size + 8,  # PQ code + int64 id in its inverted list
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to run.")
     parser.add_argument("--shard-rows", type=int, default=1024, help="Passages per shard.")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--faiss-only", action="store_true", help="Only the IVF-PQ figures.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:WORKERS:HOME
     args = parser.parse_args()
     if args.one:
         engine, workers, home = args.one.split(":", 2)
         print(json.dumps(one_run(engine, int(workers), args.shard_rows, Path(home))))
+        return
+    if args.faiss_only:
+        emit(faiss_figures(), args.json)
         return
     if not (SCIFACT / "corpus.jsonl").is_file():
         print(f"skipped: SciFact not found at {SCIFACT} (needs ../shared/data/scifact)")
@@ -146,6 +182,7 @@ def main() -> None:
         for key, run in figures.items():
             if key != "local-0":
                 results[f"{run['engine']} vs local"] = compare(Path(run["index"]), local_root)
+        results["faiss (for the cost model)"] = faiss_figures()
         with open("/proc/loadavg") as f:
             results["loadavg_after"] = " ".join(f.read().split()[:3])
     emit(results, args.json)

@@ -137,10 +137,11 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
     engine = m.get("engine") or {"kind": "local"}
     if engine["kind"] == "ray":
         shards = engine["shards"]
+        size = f"{engine['shard_rows']} rows each" if engine["shard_rows"] else "one per batch"
         click.echo(
             f"engine     ray, {engine['workers']} worker(s) of {engine['cpus_per_worker']} CPU "
-            f"at {engine['address']}, {len(shards)} shard(s) of at most {engine['shard_rows']} "
-            f"rows ({engine['reused_shards']} reused) in {engine['work_dir']}"
+            f"at {engine['address']}, {len(shards)} shard(s) ({size}, {engine['reused_shards']} "
+            f"reused) in {engine['work_dir']}"
         )
         for s in shards[:SHOWN_SHARDS]:
             click.echo(f"shard      {s['name']} {s['rows']} rows (sha256 {s['sha256'][:12]}…)")

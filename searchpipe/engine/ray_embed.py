@@ -211,7 +211,7 @@ class RayEmbedJob:
             "workers": self.workers,
             "cpus_per_worker": self.engine.cpus_per_worker,
             "work_dir": str(self.layout.work.resolve()),
-            "shard_rows": self.engine.shard_rows,
+            "shard_rows": self.engine.shard_rows,  # None: one shard per ingest batch
             "reused_shards": self.reused,
             "embed_seconds": round(self.seconds, 2),
             "shards": [

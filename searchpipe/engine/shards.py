@@ -102,12 +102,19 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_inputs(
-    passages: Iterable[pa.RecordBatch], layout: ShardLayout, shard_rows: int, fingerprint: str
+    passages: Iterable[pa.RecordBatch],
+    layout: ShardLayout,
+    shard_rows: int | None,
+    fingerprint: str,
 ) -> list[Shard]:
-    """Cut the driver's passage stream into input shards of ``shard_rows`` rows, each row
-    tagged with its SOURCE_ROW. Memory holds one shard. Rewritten on every run: the stream is
-    deterministic, so an unchanged corpus gives byte-identical shards (and their embeddings
-    are reused)."""
+    """Cut the driver's passage stream into input shards of ``shard_rows`` rows (None: one
+    shard per batch of the stream), each row tagged with its SOURCE_ROW. Memory holds one
+    shard. Rewritten on every run: the stream is deterministic, so an unchanged corpus gives
+    byte-identical shards (and their embeddings are reused).
+
+    One shard per batch is the default because a vector in bf16 depends on the other texts
+    of its forward pass: embedding the very batches a local build embeds gives its vectors
+    bit for bit."""
     layout.input_dir.mkdir(parents=True, exist_ok=True)
     layout.embed_dir.mkdir(parents=True, exist_ok=True)
     shards: list[Shard] = []
@@ -134,8 +141,8 @@ def write_inputs(
             continue
         pending.append(batch)
         pending_rows += batch.num_rows
-        while pending_rows >= shard_rows:
-            flush(shard_rows)
+        while pending_rows >= (shard_rows or pending_rows):
+            flush(shard_rows or pending_rows)
     if pending_rows:
         flush(pending_rows)
     for path in layout.input_dir.glob("part-*.arrow"):  # a longer corpus of an earlier run
