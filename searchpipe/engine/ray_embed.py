@@ -181,7 +181,9 @@ class RayEmbedJob:
         settings = {
             "model": self.embed.model_name,
             "fields": self.embed.fields,
-            "precision": self.embed.precision,
+            # resolved here ("auto" is bf16 only where the CPU has it): every node embeds
+            # in the driver's precision, or the shards would not be the local build's
+            "precision": self.embed.encoder.precision,
             "token_budget": self.embed.token_budget,
             "batch_size": self.embed.batch_size,
             "max_length": self.embed.max_length,
