@@ -42,7 +42,7 @@ def one_run(engine: str, workers: int, shard_rows: int, home: Path) -> dict[str,
     cfg = EngineConfig(
         kind=engine,  # type: ignore[arg-type]
         workers=workers or None,
-        shard_rows=shard_rows,
+        shard_rows=shard_rows or None,
         work_dir=home / "work",
     )
     t0 = time.perf_counter()
@@ -140,7 +140,10 @@ def faiss_figures(n_add: int = 200_000, factory: str = "IVF1024,PQ48") -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2", help="Ray worker counts to run.")
-    parser.add_argument("--shard-rows", type=int, default=1024, help="Passages per shard.")
+    parser.add_argument(
+        "--shard-rows", type=int, default=0, help="Passages per shard (0: one per ingest batch)."
+    )
+    parser.add_argument("--no-faiss", action="store_true", help="Skip the IVF-PQ figures.")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--faiss-only", action="store_true", help="Only the IVF-PQ figures.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:WORKERS:HOME
@@ -159,7 +162,7 @@ def main() -> None:
         load = f.read().split()[:3]
     results: dict[str, Any] = {
         "cpus": os.cpu_count(),
-        "shard_rows": args.shard_rows,
+        "shard_rows": args.shard_rows or "one shard per ingest batch (default)",
         "loadavg_before": " ".join(load),
     }
     runs = [("local", 0)] + [("ray", int(w)) for w in args.workers.split(",")]
@@ -182,7 +185,8 @@ def main() -> None:
         for key, run in figures.items():
             if key != "local-0":
                 results[f"{run['engine']} vs local"] = compare(Path(run["index"]), local_root)
-        results["faiss (for the cost model)"] = faiss_figures()
+        if not args.no_faiss:
+            results["faiss (for the cost model)"] = faiss_figures()
         with open("/proc/loadavg") as f:
             results["loadavg_after"] = " ".join(f.read().split()[:3])
     emit(results, args.json)

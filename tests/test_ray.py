@@ -246,3 +246,26 @@ def test_engine_settings_in_yaml(tmp_path: Path) -> None:
     job.write_text("engine: {kind: ray}\nsearch: {index: s, queries: q.jsonl, output: o.arrow}\n")
     with pytest.raises(InputError, match="'engine:' says where an 'index:' section is built"):
         run_job(job)
+
+
+def test_input_shards_one_per_batch_or_of_shard_rows(tmp_path: Path) -> None:
+    """By default a shard is one batch of the driver's stream (the batches a local build
+    embeds); with shard_rows, shards of that many rows; every row keeps its source_row."""
+    import pyarrow as pa
+
+    from searchpipe.arrow import file_batches
+    from searchpipe.engine.shards import ShardLayout, write_inputs
+
+    batches = [pa.record_batch({C.DOC_ID: [f"d{i}" for i in range(a, b)]}) for a, b in
+               [(0, 5), (5, 6), (6, 13)]]  # fmt: skip
+    for shard_rows, sizes in ((None, [5, 1, 7]), (4, [4, 4, 4, 1])):
+        layout = ShardLayout(tmp_path / str(shard_rows))
+        shards = write_inputs(batches, layout, shard_rows, "fp")
+        assert [s.rows for s in shards] == sizes
+        rows = [
+            r
+            for s in shards
+            for b in file_batches(layout.input_path(s))
+            for r in b.select([C.DOC_ID, C.SOURCE_ROW]).to_pylist()
+        ]
+        assert rows == [{C.DOC_ID: f"d{i}", C.SOURCE_ROW: i} for i in range(13)]

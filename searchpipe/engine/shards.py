@@ -141,7 +141,7 @@ def write_inputs(
             continue
         pending.append(batch)
         pending_rows += batch.num_rows
-        while pending_rows >= (shard_rows or pending_rows):
+        while pending_rows and pending_rows >= (shard_rows or pending_rows):
             flush(shard_rows or pending_rows)
     if pending_rows:
         flush(pending_rows)
