@@ -150,7 +150,7 @@ def test_ray_builds_the_local_index_through_a_killed_worker(
 
     thread = threading.Thread(target=build)
     thread.start()
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while not records(home) and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.01)
     first = records(home)
@@ -198,9 +198,10 @@ def test_a_killed_driver_resumes_from_completed_shards(
     ]  # fmt: skip
     env = {**os.environ, "SEARCHPIPE_HOME": str(home)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a contended 2-core machine can take minutes
     while len(records(home)) < 3 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert len(records(home)) >= 3, "the driver embedded fewer than 3 shards in 300 s"
     assert proc.poll() is None, f"the driver ended early: {proc.communicate()[1].decode()[-2000:]}"
     proc.kill()
     proc.wait()
