@@ -9,12 +9,14 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch is installed on its own line, pinned, before the package: the pin selects the CPU
-# wheel; letting a dependency resolve torch would pull several GB of CUDA packages.
+# wheel; letting a dependency resolve torch would pull several GB of CUDA packages. The ray
+# extra (ray[data], pinned) comes too, because the test suite runs the Ray engine; a plain
+# `pip install searchpipe` leaves it out.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $(STAMP)
 
 demo: install

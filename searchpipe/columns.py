@@ -39,3 +39,7 @@ HIGHLIGHTS = "highlights"  # list<struct<start: int32, end: int32>>
 # rerank
 RERANK_SCORE = "rerank_score"
 FIRST_STAGE_RANK = "first_stage_rank"
+
+# scale-out (searchpipe.engine): a passage's position in the corpus stream, carried by every
+# shard so that assembling the index never depends on the order a cluster returns work in
+SOURCE_ROW = "source_row"  # int64, 0-based

@@ -68,6 +68,50 @@ class IndexConfig(StrictModel):
     )
 
 
+class EngineConfig(StrictModel):
+    """Where a batch job's embedding runs (``--engine``; a job file's ``engine:`` section).
+
+    ``local`` embeds in this process. ``ray`` reads and validates the corpus here (the driver),
+    writes it as input shards into ``work_dir``, embeds the shards in a Ray actor pool (one
+    model per actor) and builds the index here from the embedding shards, in corpus order
+    (``searchpipe.engine.ray_embed``).
+    """
+
+    kind: Literal["local", "ray"] = Field(
+        default="local", description="local: embed in this process; ray: in a Ray actor pool."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join: 'auto' (the one started by `ray start` here), "
+        "HOST:PORT or ray://HOST:10001 (default: start Ray on this machine).",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Embedding actors (default: the cluster's CPUs / cpus-per-worker).",
+    )
+    cpus_per_worker: int = Field(
+        default=1, ge=1, description="CPUs (and torch threads) each embedding actor takes."
+    )
+    shard_rows: int | None = Field(
+        default=None,
+        ge=1,
+        description="Passages per shard (default: one shard per batch of 1,024 documents, the "
+        "batches a local build embeds, so even bf16 vectors equal the local engine's bit for "
+        "bit; other sizes agree to ~1e-3 in bf16, ~1e-6 in fp32).",
+    )
+    work_dir: Path | None = Field(
+        default=None,
+        description="Folder for the shards, seen at the same path by the driver and every "
+        "worker (NFS on a cluster; default: $SEARCHPIPE_HOME/runs or ./runs).",
+    )
+    attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Times the driver runs the shards still missing after a failure.",
+    )
+
+
 class SearchSettings(StrictModel):
     """How one query is answered: first stage, candidate depth, fusion, reranking.
 
@@ -153,6 +197,8 @@ class JobConfig(StrictModel):
     """
 
     index: IndexConfig | None = None
+    #: where the index's embedding runs (local by default, or a Ray cluster)
+    engine: EngineConfig | None = None
     search: SearchConfig | None = None
     #: stages by name with their settings (``searchpipe.stages.registry``), run after index:
     pipeline: list[dict[str, dict[str, Any] | None]] | None = None

@@ -5,7 +5,10 @@ stored. As a batch job (``run_job``), each stage's output is written as Arrow IP
 run folder (``NN-stage/part-00000.arrow`` ...), one shard per input batch, each renamed into
 place when complete. A stage whose fingerprint (its settings plus everything upstream) is
 unchanged is skipped and its shards are read back; a stage killed half way resumes after its
-last complete shard. Read a stage's output with ``pyarrow.dataset.dataset(folder, format="ipc")``.
+last complete shard. Every shard's sha256 is recorded as it is written (``_job.json``, then
+``_done.json``) and checked before the shard is reused: a damaged shard is never read into a
+new result; the stage is computed again from that shard on, with a log line naming it.
+Read a stage's output with ``pyarrow.dataset.dataset(folder, format="ipc")``.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import pyarrow.ipc as ipc
 
 from searchpipe.arrow import file_batches
 from searchpipe.errors import InputError
+from searchpipe.files import sha256_file
 from searchpipe.stages.base import Source, Stage
 from searchpipe.stages.registry import providers
 
 log = logging.getLogger(__name__)
 DONE = "_done.json"
+DIGESTS = "_parts.sha256"  # a running stage's shard checksums, one line each
 
 
 def runs_dir() -> Path:
@@ -164,26 +169,78 @@ def _complete(
     """Make ``folder`` hold the stage's complete output: reuse, resume or compute. Returns rows."""
     done = folder / DONE
     record = _read_record(done)
-    if record.get("fingerprint") == fingerprint and "rows" in record:
-        log.info("%s: inputs and settings unchanged, reusing %s", stage.name, folder)
-        return int(record["rows"])
     job = folder / "_job.json"
-    n = 0
-    if stage.batchwise and _read_record(job).get("fingerprint") == fingerprint:
-        n = len(list(folder.glob("part-*.arrow")))
-        log.info("%s: resuming after %d complete shard(s)", stage.name, n)
+    resumable = _read_record(job).get("fingerprint") == fingerprint and stage.batchwise
+    damaged: int | None = None
+    if record.get("fingerprint") == fingerprint and "rows" in record:
+        digests = record.get("sha256")
+        if not isinstance(digests, list) or len(digests) != record.get("parts"):
+            # (written before shards had checksums): nothing to verify them by
+            log.warning("%s: %s records no shard checksums; computing it again", stage.name, done)
+            resumable = False
+        elif (damaged := _first_damaged(stage, folder, digests)) is None:
+            log.info("%s: inputs and settings unchanged, reusing %s", stage.name, folder)
+            return int(record["rows"])
+    digests = []
+    if resumable:
+        digests = _read_digests(folder)
+        if damaged is None:
+            damaged = _first_damaged(stage, folder, digests)
+        digests = digests if damaged is None else digests[:damaged]
+        log.info("%s: resuming after %d complete shard(s)", stage.name, len(digests))
     else:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         _write_record(job, {"stage": stage.name, "fingerprint": fingerprint})
-    for stale in folder.glob(".part-*"):
-        stale.unlink()
-    for batch in stage(islice(upstream, n, None) if n else upstream):
-        _write_part(folder, n, batch)
-        n += 1
+    done.unlink(missing_ok=True)
+    n = len(digests)
+    for stale in [*folder.glob(".part-*"), *folder.glob("part-*.arrow")]:
+        if stale.name.startswith(".") or int(stale.stem.split("-")[1]) >= n:
+            stale.unlink()  # a shard written but not recorded (killed in between): redone
+    # one line per shard, appended: O(shards) bytes however long the stage
+    with open(folder / DIGESTS, "w") as log_file:
+        log_file.writelines(f"{d}\n" for d in digests)
+        for batch in stage(islice(upstream, n, None) if n else upstream):
+            digests.append(_write_part(folder, n, batch))
+            log_file.write(f"{digests[-1]}\n")
+            log_file.flush()
+            n += 1
     rows = sum(b.num_rows for b in read_parts(folder))
-    _write_record(done, {"stage": stage.name, "fingerprint": fingerprint, "parts": n, "rows": rows})
+    _write_record(
+        done,
+        {
+            "stage": stage.name,
+            "fingerprint": fingerprint,
+            "parts": n,
+            "rows": rows,
+            "sha256": digests,
+        },
+    )
     return rows
+
+
+def _read_digests(folder: Path) -> list[str]:
+    """The sha256 of each shard written so far, in order (a line cut short by a kill is dropped)."""
+    try:
+        lines = (folder / DIGESTS).read_text().split("\n")[:-1]  # the last is unterminated
+    except OSError:
+        return []
+    return [line for line in lines if len(line) == 64]
+
+
+def _first_damaged(stage: Stage, folder: Path, digests: list[str]) -> int | None:
+    """The number of the first shard whose bytes do not match its recorded sha256 (logged)."""
+    for i, want in enumerate(digests):
+        part = folder / f"part-{i:05d}.arrow"
+        got = sha256_file(part) if part.is_file() else "missing"
+        if got != want:
+            log.warning(
+                "%s: %s fails its checksum (sha256 %s, recorded %s); computing the stage again "
+                "from that shard on",
+                stage.name, part, got[:16], str(want)[:16],
+            )  # fmt: skip
+            return i
+    return None
 
 
 def _read_record(path: Path) -> dict[str, Any]:
@@ -202,11 +259,14 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _write_part(folder: Path, n: int, batch: pa.RecordBatch) -> None:
+def _write_part(folder: Path, n: int, batch: pa.RecordBatch) -> str:
+    """Write shard ``n`` whole or not at all; returns its sha256."""
     tmp = folder / f".part-{n:05d}.arrow"
     with ipc.new_file(str(tmp), batch.schema) as w:
         w.write_batch(batch)
+    digest = sha256_file(tmp)
     os.replace(tmp, folder / f"part-{n:05d}.arrow")
+    return digest
 
 
 def stage_rows(folder: Path) -> int | None:

@@ -117,3 +117,43 @@ def test_in_memory_pipeline_over_a_table(sample_corpus: Path) -> None:
         out is not None
         and out.column("upper")[0].as_py() == table.column("text")[0].as_py().upper()
     )
+
+
+def test_a_damaged_cached_shard_is_recomputed_not_reused(
+    home: Path, sample_corpus: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flipped byte in a cached embedding shard must not pass into a new index: the shard
+    fails its recorded sha256, the stage is computed again (with a log line naming the shard),
+    and the rebuilt index equals the clean one."""
+    import shutil
+
+    import numpy as np
+
+    from searchpipe.api import build_index
+    from searchpipe.arrow import arrow_to_vectors, file_batches
+
+    clean = build_index(corpus=sample_corpus, name="sample", progress=False)
+    clean_ids = clean.docs.column(C.DOC_ID).to_pylist()
+    assert clean.vectors is not None
+    clean_vectors = arrow_to_vectors(clean.vectors.column(C.EMBEDDING)).copy()
+    parts = sorted((home / "runs" / "index-sample").glob("*-embed/part-*.arrow"))
+    assert parts, "the batch job keeps its embedding shards"
+    part = parts[0]
+    before = arrow_to_vectors(next(file_batches(part)).column(C.EMBEDDING)).copy()
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the embedding column, the file's largest buffer
+    part.write_bytes(bytes(data))
+    after = arrow_to_vectors(next(file_batches(part)).column(C.EMBEDDING))
+    assert not np.array_equal(before, after), "the flip must change a stored vector"
+
+    shutil.rmtree(home / "indexes" / "sample")  # so the build runs again over the cache
+    with caplog.at_level("INFO", logger="searchpipe"):
+        rebuilt = build_index(corpus=sample_corpus, name="sample", progress=False)
+    assert f"{part} fails its checksum" in caplog.text
+    assert "embed: inputs and settings unchanged" not in caplog.text
+    assert "ingest: inputs and settings unchanged" in caplog.text  # the sound stage is reused
+    assert rebuilt.docs.column(C.DOC_ID).to_pylist() == clean_ids
+    assert rebuilt.vectors is not None
+    np.testing.assert_array_equal(
+        arrow_to_vectors(rebuilt.vectors.column(C.EMBEDDING)), clean_vectors
+    )

@@ -1,6 +1,8 @@
 """Building an index: ingest → chunk → embed as a batch job, then the build stage commits a
 version. Documents longer than the embedder reads are split into passages (``stages.chunk``),
-sized in the embedder's own tokens.
+sized in the embedder's own tokens. With ``engine=EngineConfig(kind="ray")`` the embedding
+runs on a Ray cluster (``searchpipe.engine.ray_embed``); reading, validating, chunking and the
+index build stay here, so the index is the one a local run builds.
 
 >>> from searchpipe import build_index
 >>> build_index(corpus="docs.jsonl", name="docs", index_type="HNSW32")  # doctest: +SKIP
@@ -11,11 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from searchpipe import columns as C
-from searchpipe.config import IndexConfig, settings
+from searchpipe.config import EngineConfig, IndexConfig, settings
 from searchpipe.index import Index, index_dir, read_manifest
 from searchpipe.index.faiss import choose_factory, make_faiss_index
 from searchpipe.index.store import BuildHook, check_name
@@ -33,16 +38,20 @@ def build_index(
     *,
     index_root: str | Path | None = None,
     progress: bool | None = None,
+    engine: EngineConfig | None = None,
     **kwargs: Any,
 ) -> Index:
     """Ingest, embed and index a corpus as a batch job; returns the opened index.
 
-    Settings are those of ``IndexConfig`` (``corpus``, ``name``, ``model``, ``index_type``, ...).
-    A re-run with an unchanged corpus and settings reuses every stage's output.
+    Settings are those of ``IndexConfig`` (``corpus``, ``name``, ``model``, ``index_type``, ...);
+    ``engine`` says where the embedding runs (local by default). A re-run with an unchanged
+    corpus and settings reuses every stage's (or shard's) output.
 
     >>> build_index(corpus="docs.jsonl", name="docs", index_type="HNSW32")  # doctest: +SKIP
+    >>> build_index(corpus="docs.jsonl", name="docs", engine=EngineConfig(kind="ray", workers=2))  # doctest: +SKIP
     """
     cfg: IndexConfig = settings(config, IndexConfig, kwargs, "build_index")
+    engine = engine or EngineConfig()
     root = index_dir(index_root) / check_name(cfg.name)
     ingest = Ingest(cfg.corpus, globs=tuple(cfg.glob), strict=cfg.strict)
     ingest.check_strict()  # with --strict, an unreadable file fails before any model loads
@@ -63,9 +72,28 @@ def build_index(
     chunk = chunker(embed.encoder, cfg)
     pipeline = Pipeline([ingest, chunk, embed])
     pipeline.check()
-    work = runs_dir() / f"index-{cfg.name}"
-    stream = pipeline.run_job(work, progress=progress)
-    n_rows = pipeline.rows(work, chunk) or 0
+    work = (engine.work_dir or runs_dir()) / f"index-{cfg.name}"
+    hooks: list[BuildHook] = []
+    stream: Iterator[pa.RecordBatch]
+    if engine.kind == "ray":
+        from searchpipe.engine.ray_embed import RayEmbedJob, RecordEngine
+        from searchpipe.engine.shards import write_inputs
+
+        # read, validated and chunked here, as locally: the same errors, file and line
+        passages = Pipeline([ingest, chunk]).stream()
+        job = RayEmbedJob(work / "ray", engine, embed)
+        shards = write_inputs(
+            with_progress(passages, None, "shard", progress),
+            job.layout,
+            engine.shard_rows,
+            chunk.fingerprint(ingest.fingerprint(ingest.fingerprint_source())),
+        )
+        n_rows = sum(s.rows for s in shards)
+        stream = job.run(shards)  # runs on Ray only once the build below asks for rows
+        hooks.append(RecordEngine(job))
+    else:
+        stream = pipeline.run_job(work, progress=progress)
+        n_rows = pipeline.rows(work, chunk) or 0
     factory = choose_factory(n_rows) if cfg.index_type == "auto" else cfg.index_type
     build_fp = hashlib.sha256(
         json.dumps(
@@ -86,7 +114,6 @@ def build_index(
         return Index.open(root)
     # a folder's unreadable files, listed in the manifest (read again if ingest was reused)
     skipped = ingest.skipped if ingest.skipped is not None else ingest.scan()
-    hooks: list[BuildHook] = []
     if factory != "Flat":
         from searchpipe.index.ann import TuneSearchParams
 
@@ -108,6 +135,7 @@ def build_index(
             "build_fingerprint": build_fp,
             "settings": json.loads(cfg.model_dump_json()),
             "chunking": chunk.settings(),
+            "engine": {"kind": "local"},  # a Ray build's RecordEngine hook replaces it
         },
         n_rows=n_rows,
         precision=embed.encoder.precision,

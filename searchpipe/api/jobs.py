@@ -34,11 +34,15 @@ def run_job(
             f"{source}: a job has a 'search:' or a 'pipeline:' section, not both (a search "
             "is a pipeline: write its stages in pipeline:)"
         )
+    if cfg.engine is not None and cfg.index is None:
+        raise InputError(f"{source}: 'engine:' says where an 'index:' section is built; add one")
     if cfg.eval is not None and cfg.search is None and cfg.pipeline is None:
         raise InputError(f"{source}: 'eval:' scores the run of a 'search:' section; add one")
     result: dict[str, Any] = {}
     if cfg.index is not None:
-        index = build_index(cfg.index, index_root=cfg.index_dir, progress=progress)
+        index = build_index(
+            cfg.index, index_root=cfg.index_dir, progress=progress, engine=cfg.engine
+        )
         result["index"] = {
             "name": index.name,
             "version": index.manifest["version"],

@@ -54,16 +54,20 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def options_from(
-    model: type[BaseModel], exclude: tuple[str, ...] = ()
+    model: type[BaseModel], exclude: tuple[str, ...] = (), flags: dict[str, str] | None = None
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A decorator adding one option per field of ``model`` (except ``exclude``)."""
+    """A decorator adding one option per field of ``model`` (except ``exclude``); ``flags``
+    renames a field's flag where the bare name would be unclear on a command line shared with
+    other settings (``EngineConfig.address`` is ``--ray-address``); the parameter keeps the
+    field's name."""
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         for name, field in reversed(list(model.model_fields.items())):
             if name in exclude:
                 continue
             ctype, is_flag = _click_type(field.annotation)
-            flag = f"-{name}" if len(name) == 1 else f"--{name.replace('_', '-')}"
+            spelled = (flags or {}).get(name, name)
+            flag = f"-{spelled}" if len(spelled) == 1 else f"--{spelled.replace('_', '-')}"
             shown = f" [default: {field.default}]" if field.default is not None else ""
             help_text = (field.description or name.replace("_", " ").capitalize()) + shown
             if is_flag:

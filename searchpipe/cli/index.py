@@ -12,8 +12,10 @@ from typing import Any
 import click
 
 from searchpipe.cli.common import emit, given, index_dir_option, json_option, options_from
-from searchpipe.config import IndexConfig
+from searchpipe.config import EngineConfig, IndexConfig, validate
 from searchpipe.errors import InputError
+
+SHOWN_SHARDS = 10  # info lists this many shards; --json lists all
 
 keep_option = click.option(
     "--keep",
@@ -28,16 +30,19 @@ keep_option = click.option(
 @click.argument("corpus", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="Index name (a folder under the index dir).")
 @options_from(IndexConfig, exclude=("name", "corpus"))
+@options_from(EngineConfig, flags={"kind": "engine", "address": "ray_address"})
 @json_option
 @index_dir_option
 def index(corpus: Path, name: str, as_json: bool, index_dir: Path | None, **flags: Any) -> None:
     """Build (or update) index NAME from CORPUS: JSONL, CSV, Parquet, Arrow, a BEIR folder, or
     a folder of documents (.txt, .md, .html, .pdf, .docx; unreadable files are skipped and
-    listed)."""
+    listed). --engine ray embeds on a Ray cluster (pip install 'searchpipe[ray]')."""
     from searchpipe.api import build_index
 
+    engine_flags = given({k: flags.pop(k) for k in EngineConfig.model_fields})
+    engine = validate(engine_flags, EngineConfig, source="command-line options")
     t0 = time.perf_counter()
-    idx = build_index(corpus=corpus, name=name, index_root=index_dir, **given(flags))
+    idx = build_index(corpus=corpus, name=name, index_root=index_dir, engine=engine, **given(flags))
     seconds = time.perf_counter() - t0
     summary = index_summary(idx.manifest)
     summary["seconds"] = round(seconds, 2)
@@ -129,6 +134,21 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
             f"ann        recall@10 {ann['recall@10']} (target {ann['target_recall']}) with {ann['params']}"
         )
     click.echo(f"corpus     {m['corpus']['path']} (sha256 {m['corpus']['sha256'][:12]}…)")
+    engine = m.get("engine") or {"kind": "local"}
+    if engine["kind"] == "ray":
+        shards = engine["shards"]
+        size = f"{engine['shard_rows']} rows each" if engine["shard_rows"] else "one per batch"
+        click.echo(
+            f"engine     ray, {engine['workers']} worker(s) of {engine['cpus_per_worker']} CPU "
+            f"at {engine['address']}, {len(shards)} shard(s) ({size}, {engine['reused_shards']} "
+            f"reused) in {engine['work_dir']}"
+        )
+        for s in shards[:SHOWN_SHARDS]:
+            click.echo(f"shard      {s['name']} {s['rows']} rows (sha256 {s['sha256'][:12]}…)")
+        if len(shards) > SHOWN_SHARDS:
+            click.echo(f"shard      … {len(shards) - SHOWN_SHARDS} more (info --json lists all)")
+    else:
+        click.echo(f"engine     {engine['kind']}")
     for rel, meta in m["files"].items():
         click.echo(f"file       {rel} {meta['size']} bytes")
 
