@@ -266,3 +266,13 @@ def test_the_shipped_configs_validate_and_the_pipeline_config_runs(indexed: Path
     assert result["eval"]["ndcg@10"] == pytest.approx(0.7822, abs=1e-4)  # the demo's figure
     hit = json.loads((indexed / "run.jsonl").read_text().splitlines()[0])
     assert hit["title"] and hit["highlights"] is not None
+
+
+def test_the_chunk_stage_sizes_passages_for_what_the_model_reads() -> None:
+    """MiniLM's tokenizer allows 512 tokens, but the model reads 256: passages fit 256, as
+    `searchpipe index` cuts them."""
+    from searchpipe.models.biencoder import BiEncoder
+    from searchpipe.stages.registry import Context, build_stages
+
+    (chunk,) = build_stages([{"chunk": {}}], Context())
+    assert chunk.tokens == BiEncoder("minilm").max_length == 256

@@ -207,8 +207,20 @@ def _chunk(s: ChunkSettings, ctx: Context) -> list[Stage]:
 
     ref = resolve_model(s.model)
     tokenizer = AutoTokenizer.from_pretrained(str(ref.path))
-    tokens = s.tokens or min(int(tokenizer.model_max_length), 512)
+    tokens = s.tokens or read_max_length(ref.path) or min(int(tokenizer.model_max_length), 512)
     return [Chunk(tokenizer, tokens, s.overlap, f"{ref.name}@{ref.weights_sha256}")]
+
+
+def read_max_length(folder: Path) -> int | None:
+    """The tokens a sentence-transformers model reads (``sentence_bert_config.json``), which
+    can be fewer than its tokenizer's limit (MiniLM: 256 of 512), without loading it."""
+    import json
+
+    config = folder / "sentence_bert_config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text()).get("max_seq_length")
+    return int(value) if value else None
 
 
 @register("embed", EmbedSettings, (C.TEXT,), (C.EMBEDDING, C.TOKENS))
