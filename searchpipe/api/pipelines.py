@@ -19,6 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from searchpipe import columns as C
 from searchpipe.errors import InputError
 from searchpipe.pipeline import Pipeline, runs_dir
 from searchpipe.stages.base import Source, Stage
@@ -35,7 +36,8 @@ def open_checked(stages: list[Stage]) -> None:
         if isinstance(stage, Embed):
             encoder = stage.encoder
         index = getattr(stage, "index", None)
-        if encoder is not None and index is not None and stage.name in ("retrieve", "fuse"):
+        # a stage that reads embeddings searches the index with them
+        if encoder is not None and index is not None and C.EMBEDDING in stage.requires:
             index.check_encoder(encoder.identity())
 
 
