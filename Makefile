@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean browser
+.PHONY: install demo test lint bench bench-env clean browser
 
 install: $(STAMP)
 
@@ -49,5 +49,21 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/mypy searchpipe
 
+# benchmarks/speed.py's peers (sentence-transformers' OpenVINO backend, ONNX Runtime) in their
+# own venv: optimum-intel needs transformers < 5.6, tokenizers < 0.23 and huggingface-hub < 1.22,
+# older than our pins, so pip cannot resolve them as an extra of ours and they never enter .venv.
+# torch is held at the CPU wheel (unheld, optimum-intel would pull torch with CUDA).
+BENCH_VENV := .venv-bench
+BENCH_PEERS := 'optimum-intel[openvino]==2.2.0' openvino==2026.4.1 onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/pip install --quiet torch==2.13.0
+	$(BENCH_VENV)/bin/pip install --quiet -e .
+	echo torch==2.13.0 > $(BENCH_VENV)/constraints.txt
+	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt $(BENCH_PEERS)
+	touch $@
+bench-env: $(BENCH_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) runs indexes/*/
+	rm -rf $(VENV) $(BENCH_VENV) runs indexes/*/

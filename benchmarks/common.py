@@ -24,25 +24,22 @@ def need(path: Path) -> Path:
     return path
 
 
-def alternate(
-    baseline: Callable[[Any], Any], ours: Callable[[Any], Any], chunks: list[Any]
-) -> tuple[float, float, list[Any], list[Any]]:
-    """Run both on each chunk, alternating which goes first; total seconds and outputs of each."""
-    t_base = t_ours = 0.0
-    out_base, out_ours = [], []
+def rotate(
+    systems: dict[str, Callable[[Any], Any]], chunks: list[Any]
+) -> dict[str, tuple[float, list[Any]]]:
+    """Run every system on each chunk, rotating which goes first, so that drift in the
+    machine's speed (turbo, a neighbour) falls on all alike; total seconds and outputs of each.
+    """
+    names = list(systems)
+    seconds = dict.fromkeys(names, 0.0)
+    outputs: dict[str, list[Any]] = {n: [] for n in names}
     for i, chunk in enumerate(chunks):
-        order = [("b", baseline), ("o", ours)] if i % 2 == 0 else [("o", ours), ("b", baseline)]
-        for tag, fn in order:
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
-            result = fn(chunk)
-            dt = time.perf_counter() - t0
-            if tag == "b":
-                t_base += dt
-                out_base.append(result)
-            else:
-                t_ours += dt
-                out_ours.append(result)
-    return t_base, t_ours, out_base, out_ours
+            result = systems[name](chunk)
+            seconds[name] += time.perf_counter() - t0
+            outputs[name].append(result)
+    return {n: (seconds[n], outputs[n]) for n in names}
 
 
 def log(msg: str) -> None:

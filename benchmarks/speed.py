@@ -23,11 +23,12 @@ import argparse
 import json
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import CACHE, SHARED, alternate, emit, log, need
+from common import CACHE, SHARED, emit, log, need, rotate
 
 SCIFACT = SHARED / "scifact"
 STSB = SHARED / "stsb"
@@ -67,40 +68,90 @@ def dense_ndcg(
     return evaluate(run, SCIFACT / "qrels" / "test.tsv", metrics=("ndcg@10",))["ndcg@10"]
 
 
+EMBED_GATE = 0.9999  # mean cosine to sentence-transformers fp32
+RERANK_GATE = 0.9999  # Spearman to CrossEncoder fp32
+
+
+def compare(
+    part: str, unit: str, n: int, runs: dict[str, tuple[float, list[Any]]], quality: Any,
+    gate: float,
+) -> dict[str, Any]:  # fmt: skip
+    """Throughput and quality of every system against ``st-fp32``, and ours against the
+    fastest peer that passes the same quality gate."""
+    t_base, out_base = runs["st-fp32"]
+    base = np.concatenate(out_base)
+    table: dict[str, dict[str, Any]] = {}
+    for name, (t, out) in runs.items():
+        q = quality(base, np.concatenate(out))
+        table[name] = {
+            f"{unit}_per_s": round(n / t, 1), "vs_st_fp32": round(t_base / t, 3), **q,
+            "passes_gate": bool(q["quality"] >= gate),
+        }  # fmt: skip
+    passing = {k: v for k, v in table.items() if k != "ours" and v["passes_gate"]}
+    best = max(passing, key=lambda k: passing[k][f"{unit}_per_s"])
+    ours = table["ours"]
+    log(f"{part}: " + ", ".join(f"{k} {v[f'{unit}_per_s']}/s" for k, v in table.items()))
+    return {
+        f"{part}_systems": table,
+        f"{part}_best_peer": best,
+        f"{part}_vs_best_peer": round(ours[f"{unit}_per_s"] / passing[best][f"{unit}_per_s"], 3),
+        f"{part}_baseline_{unit}_per_s": table["st-fp32"][f"{unit}_per_s"],
+        f"{part}_ours_{unit}_per_s": ours[f"{unit}_per_s"],
+        f"{part}_speedup": ours["vs_st_fp32"],
+    }
+
+
+def available(peers: dict[str, Any], part: str) -> dict[str, Any]:
+    for name, peer in peers.items():
+        if isinstance(peer, str):
+            log(f"{part}: peer {name} {peer}")
+    return {k: v for k, v in peers.items() if not isinstance(v, str)}
+
+
+def cosine_quality(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    cos = (base * other).sum(1) / np.linalg.norm(base, axis=1) / np.linalg.norm(other, axis=1)
+    return {"quality": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6)}
+
+
+def spearman_quality(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    return {"quality": round(float(spearmanr(base, other).statistic), 6)}
+
+
 def bench_embed(quick: bool) -> dict[str, Any]:
-    from sentence_transformers import SentenceTransformer
+    from peers import embed_peers
 
     from searchpipe.models.biencoder import BiEncoder
+    from searchpipe.models.precision import cpu_kernels
 
     ids, texts = scifact_docs()
     if quick:
         ids, texts = ids[:512], texts[:512]
-    ours = BiEncoder("minilm", precision="auto")
-    st = SentenceTransformer(str(ours.ref.path), device="cpu")
-    ours.encode(texts[:16])
-    st.encode(texts[:16])
+    ours = BiEncoder("minilm", precision="auto", device="cpu")
+    peers = embed_peers(str(ours.ref.path))
+    systems = {"ours": ours.encode, **available(peers, "embed")}
+    for fn in systems.values():
+        fn(texts[:16])  # warm-up: first-call allocation, OpenVINO's compile
     chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
-    log(
-        f"embed: {len(texts)} SciFact docs in {len(chunks)} chunks, ST fp32 vs ours ({ours.precision})"
-    )
-    t_base, t_ours, out_b, out_o = alternate(
-        lambda c: st.encode(c, batch_size=32), ours.encode, chunks
-    )
-    base, mine = np.concatenate(out_b), np.concatenate(out_o)
-    cos = (base * mine).sum(1) / np.linalg.norm(base, axis=1) / np.linalg.norm(mine, axis=1)
+    log(f"embed: {len(texts)} SciFact docs in {len(chunks)} chunks, {', '.join(systems)}")
+    runs = rotate(systems, chunks)
     result = {
         "embed_docs": len(texts),
-        "embed_baseline_docs_per_s": round(len(texts) / t_base, 1),
-        "embed_ours_docs_per_s": round(len(texts) / t_ours, 1),
-        "embed_speedup": round(t_base / t_ours, 3),
-        "embed_cosine": round(float(cos.mean()), 6),
-        "embed_cosine_min": round(float(cos.min()), 6),
         "embed_precision": ours.precision,
+        "embed_kernels": cpu_kernels()["path"],
+        **compare("embed", "docs", len(texts), runs, cosine_quality, EMBED_GATE),
     }
+    result["embed_cosine"] = result["embed_systems"]["ours"]["quality"]
+    result["embed_cosine_min"] = result["embed_systems"]["ours"]["cosine_min"]
+    result["embed_unavailable_peers"] = {k: v for k, v in peers.items() if isinstance(v, str)}
     if not quick:
+        base, mine = (np.concatenate(runs[k][1]) for k in ("st-fp32", "ours"))
         queries = scifact_test_queries()
         qtexts = list(queries.values())
-        nd_base = dense_ndcg(ids, base, queries, st.encode(qtexts, batch_size=32))
+        st = peers["st-fp32"]
+        assert callable(st)
+        nd_base = dense_ndcg(ids, base, queries, st(qtexts))
         nd_ours = dense_ndcg(ids, mine, queries, ours.encode(qtexts))
         result.update(
             embed_ndcg_baseline=nd_base,
@@ -127,10 +178,9 @@ def scifact_index(home: Path) -> Any:
     return build_index(corpus=SCIFACT, name="scifact", progress=False)
 
 
-def bench_rerank(reranker: str, home: Path) -> dict[str, Any]:
+def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
     import pyarrow as pa
-    from scipy.stats import spearmanr
-    from sentence_transformers import CrossEncoder
+    from peers import rerank_peers
 
     from searchpipe.api import Searcher
     from searchpipe.models.crossencoder import CrossEncoderScorer
@@ -147,30 +197,43 @@ def bench_rerank(reranker: str, home: Path) -> dict[str, Any]:
         )
     ]
     q_text = hits.column("query_text").to_pylist()
-    ours = CrossEncoderScorer(reranker, precision="auto")
-    baseline = CrossEncoder(reranker, device="cpu")
+    ours = CrossEncoderScorer(reranker, precision="auto", max_length=max_length, device="cpu")
+    peers = rerank_peers(reranker, max_length)
+    systems = {"ours": lambda c: ours.score(c[0], c[1]), **available(peers, "rerank")}
     # chunks of 10 queries x 20 candidates, as a batch search would send them
     chunks = [(q_text[i : i + 200], doc_text[i : i + 200]) for i in range(0, len(q_text), 200)]
-    log(
-        f"rerank: {len(q_text)} pairs in {len(chunks)} chunks, CrossEncoder.predict fp32 vs ours ({ours.precision})"
-    )
-    ours.score(*chunks[0])
-    baseline.predict(list(zip(*chunks[0], strict=True)), batch_size=32)
-    t_base, t_ours, out_b, out_o = alternate(
-        lambda c: baseline.predict(list(zip(c[0], c[1], strict=True)), batch_size=32),
-        lambda c: ours.score(c[0], c[1]),
-        chunks,
-    )
-    rho = spearmanr(np.concatenate(out_b), np.concatenate(out_o)).statistic
-    return {
+    for fn in systems.values():
+        fn(chunks[0])  # warm-up
+    ours.truncated = 0
+    log(f"rerank: {len(q_text)} pairs at {max_length} tokens, {', '.join(systems)}")
+    runs = rotate(systems, chunks)
+    result = {
         "rerank_pairs": len(q_text),
-        "rerank_baseline_pairs_per_s": round(len(q_text) / t_base, 1),
-        "rerank_ours_pairs_per_s": round(len(q_text) / t_ours, 1),
-        "rerank_speedup": round(t_base / t_ours, 3),
-        "rerank_spearman": round(float(rho), 6),
-        "rerank_truncated_pairs": ours.truncated,
+        "rerank_max_length": max_length,
         "rerank_precision": ours.precision,
+        **compare("rerank", "pairs", len(q_text), runs, spearman_quality, RERANK_GATE),
+        "rerank_truncated_pairs": ours.truncated,
+        "rerank_unavailable_peers": {k: v for k, v in peers.items() if isinstance(v, str)},
     }
+    result["rerank_spearman"] = result["rerank_systems"]["ours"]["quality"]
+    # one query's 20 candidates, as the query path reranks them: ours and the best peer
+    # alternating on the same 20 pairs, p50 of each
+    best = systems[result["rerank_best_peer"]]
+    per_query = [(q_text[i : i + 20], doc_text[i : i + 20]) for i in range(0, len(q_text), 20)]
+    one = [("ours", systems["ours"]), ("peer", best)]
+    times: dict[str, list[float]] = {"ours": [], "peer": []}
+    for i, pair in enumerate(per_query):
+        for name, fn in one if i % 2 == 0 else one[::-1]:
+            t0 = time.perf_counter()
+            fn(pair)
+            times[name].append(1000 * (time.perf_counter() - t0))
+    ours_ms, peer_ms = (float(np.median(times[k])) for k in ("ours", "peer"))
+    result.update(
+        rerank_20_pairs_p50_ms=round(ours_ms, 2),
+        rerank_20_pairs_best_peer_p50_ms=round(peer_ms, 2),
+        rerank_20_pairs_vs_best_peer=round(peer_ms / ours_ms, 3),
+    )
+    return result
 
 
 def ann_texts() -> list[str]:
@@ -190,7 +253,6 @@ def ann_texts() -> list[str]:
 
 
 def bench_ann(target: float) -> dict[str, Any]:
-    import time
 
     import faiss
 
@@ -300,7 +362,7 @@ def main() -> None:
     reranker = make_reranker(args.reranker) if parts & {"rerank", "query"} else ""
     benches = {
         "embed": lambda: bench_embed(args.quick),
-        "rerank": lambda: bench_rerank(reranker, home),
+        "rerank": lambda: bench_rerank(reranker, home, args.rerank_max_length),
         "ann": lambda: bench_ann(args.target_recall),
         "query": lambda: bench_query(reranker, home, args.rerank_max_length),
     }

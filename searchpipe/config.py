@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from searchpipe.errors import InputError
 
 Precision = Literal["auto", "fp32", "bf16"]
+Device = Literal["auto", "cpu", "cuda"]
 
 
 class StrictModel(BaseModel):
@@ -41,6 +42,9 @@ class IndexConfig(StrictModel):
         None, ge=8, description="Tokens per document (default: the model's)."
     )
     precision: Precision = "auto"
+    device: Device = Field(
+        "auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda."
+    )
     target_recall: float = Field(
         0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
     )
@@ -164,6 +168,9 @@ class SearchSettings(StrictModel):
         16384, ge=64, description="Most padded tokens per reranker forward pass."
     )
     precision: Precision = "auto"
+    device: Device = Field(
+        "auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda."
+    )
     passages: bool = Field(
         False,
         description="Return passages, not documents (by default a document of several "

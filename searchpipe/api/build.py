@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.config import EngineConfig, IndexConfig, settings
+from searchpipe.models.precision import compute_summary
 from searchpipe.index import Index, index_dir, read_manifest
 from searchpipe.index.faiss import choose_factory, make_faiss_index
 from searchpipe.index.store import BuildHook, check_name
@@ -62,6 +63,7 @@ def build_index(
         token_budget=cfg.token_budget,
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
+        device=cfg.device,
     )
     Pipeline([ingest, embed]).check()
     embed.open()
@@ -136,6 +138,7 @@ def build_index(
             "settings": json.loads(cfg.model_dump_json()),
             "chunking": chunk.settings(),
             "engine": {"kind": "local"},  # a Ray build's RecordEngine hook replaces it
+            "compute": compute_summary(embed.encoder.device),
         },
         n_rows=n_rows,
         precision=embed.encoder.precision,

@@ -102,6 +102,7 @@ def query_stages(
             max_length=s.rerank_max_length,
             blend=s.rerank_blend,
             fusion=s.rerank_fusion,
+            device=s.device,
         )
     depth = candidate_depth(s, rerank.depth if rerank else 0)
     by_document = index.chunked and not s.passages
@@ -115,6 +116,7 @@ def query_stages(
                 fields=(C.TEXT,),
                 precision=s.precision,
                 max_length=built.get("max_length"),
+                device=s.device,
             )
         )
     stages.append(first)

@@ -35,6 +35,14 @@ index_dir_option = click.option(
 )
 
 
+def describe_compute(c: dict[str, Any] | None) -> str:
+    """One line for where a model ran (``models.precision.compute_summary``)."""
+    if not c:
+        return "not recorded (built before searchpipe recorded it)"
+    threads = f", {c['threads']} threads" if c.get("threads") else ""
+    return f"{c['device']}: {c['name']}, {c['path']}{threads}"
+
+
 def _click_type(annotation: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a field annotation; Optional[X] is X, list[X] is X repeated."""
     args = [a for a in typing.get_args(annotation) if a is not type(None)]

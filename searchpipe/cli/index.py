@@ -11,7 +11,14 @@ from typing import Any
 
 import click
 
-from searchpipe.cli.common import emit, given, index_dir_option, json_option, options_from
+from searchpipe.cli.common import (
+    describe_compute,
+    emit,
+    given,
+    index_dir_option,
+    json_option,
+    options_from,
+)
 from searchpipe.config import EngineConfig, IndexConfig, validate
 from searchpipe.errors import InputError
 
@@ -100,6 +107,7 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
     """Describe index NAME: model, size, FAISS settings, measured recall, files."""
     from searchpipe.index.store import check_name, read_manifest
     from searchpipe.index.store import index_dir as resolve_dir
+    from searchpipe.models.precision import compute_summary
 
     m = read_manifest(resolve_dir(index_dir) / check_name(name))
     if as_json:
@@ -149,6 +157,8 @@ def info(name: str, as_json: bool, index_dir: Path | None) -> None:
             click.echo(f"shard      … {len(shards) - SHOWN_SHARDS} more (info --json lists all)")
     else:
         click.echo(f"engine     {engine['kind']}")
+    click.echo(f"built on   {describe_compute(m.get('compute'))}")
+    click.echo(f"this host  {describe_compute(compute_summary())}")
     for rel, meta in m["files"].items():
         click.echo(f"file       {rel} {meta['size']} bytes")
 

@@ -16,6 +16,7 @@ import click
 
 from searchpipe.cli.common import (
     config_option,
+    describe_compute,
     emit,
     given,
     index_dir_option,
@@ -207,9 +208,11 @@ def bench(
 ) -> None:
     """Time queries on index NAME one by one: p50/p95 and where the time goes."""
     from searchpipe.eval.latency import PARTS, measure
+    from searchpipe.models.precision import compute_summary
     from searchpipe.stages.ingest import read_queries
 
-    searcher = _searcher(name, index_dir, _settings(config_file, flags))
+    settings = _settings(config_file, flags)
+    searcher = _searcher(name, index_dir, settings)
     if queries is not None:
         texts = read_queries(queries).column("text").to_pylist()[:count]
     else:
@@ -218,12 +221,14 @@ def bench(
             :count
         ]
     result = measure(searcher, texts)
+    result["compute"] = compute_summary(settings.device)
     if as_json:
         emit(result)
         return
     click.echo(
         f"{result['queries']} queries, one at a time: p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms"
     )
+    click.echo(f"  on {describe_compute(result['compute'])}")
     for part in PARTS:
         click.echo(f"  {part:<8} {result['breakdown_p50_ms'][part]:>8.2f} ms (p50)")
     click.echo(

@@ -18,7 +18,7 @@ import numpy as np
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.inference import transformer_body
-from searchpipe.models.precision import compute_dtype, resolve_precision
+from searchpipe.models.precision import compute_dtype, resolve_device, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
 
@@ -57,13 +57,14 @@ class BiEncoder:
         token_budget: int = 16384,
         batch_size: int = 256,
         max_length: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
 
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        device = resolve_device(device)
         try:
             st = SentenceTransformer(str(self.ref.path), device=device, local_files_only=True)
         except Exception as e:  # a folder that is not a model
@@ -144,16 +145,16 @@ class BiEncoder:
                 packed, self.token_budget, self.batch_size, pad_id
             ):
                 features = {
-                    "input_ids": torch.from_numpy(ids),
-                    "token_type_ids": torch.from_numpy(types),
-                    "attention_mask": torch.from_numpy(mask),
+                    "input_ids": torch.from_numpy(ids).to(self.device),
+                    "token_type_ids": torch.from_numpy(types).to(self.device),
+                    "attention_mask": torch.from_numpy(mask).to(self.device),
                 }
                 try:
                     with timed("embed_forward"):
                         emb = self._forward(features)
                 except RuntimeError as e:
                     raise RunError(f"embedding failed: {str(e).splitlines()[0]}") from None
-                out[rows] = emb.float().numpy()
+                out[rows] = emb.float().cpu().numpy()
         if self.body is None and self.normalize and self.precision != "fp32":
             # normalised in bf16 by the module: unit length again in fp32, for inner product
             out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)

@@ -19,7 +19,7 @@ from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
 from searchpipe.models.inference import transformer_body
-from searchpipe.models.precision import compute_dtype, resolve_precision
+from searchpipe.models.precision import compute_dtype, resolve_device, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
 
@@ -63,12 +63,13 @@ class CrossEncoderScorer:
         token_budget: int = 16384,
         batch_size: int = 256,
         max_length: int | None = None,
-        device: str = "cpu",
+        device: str = "auto",
     ) -> None:
         from sentence_transformers import CrossEncoder
 
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
+        device = resolve_device(device)
         try:
             ce = CrossEncoder(str(self.ref.path), device=device, local_files_only=True)
         except Exception as e:
@@ -146,9 +147,9 @@ class CrossEncoderScorer:
                 packed, self.token_budget, self.batch_size, pad_id
             ):
                 features = {
-                    "input_ids": torch.from_numpy(ids),
-                    "token_type_ids": torch.from_numpy(types),
-                    "attention_mask": torch.from_numpy(mask),
+                    "input_ids": torch.from_numpy(ids).to(self.device),
+                    "token_type_ids": torch.from_numpy(types).to(self.device),
+                    "attention_mask": torch.from_numpy(mask).to(self.device),
                 }
                 try:
                     with timed("rerank_forward"):
@@ -157,7 +158,7 @@ class CrossEncoderScorer:
                     raise RunError(f"reranking failed: {str(e).splitlines()[0]}") from None
                 if self.activation is not None:
                     logits = self.activation(logits)
-                out[rows] = logits.reshape(-1).numpy()
+                out[rows] = logits.reshape(-1).cpu().numpy()
         return out
 
     def _forward(self, features: dict[str, Any]) -> Any:

@@ -33,6 +33,7 @@ class Embed(Stage):
         token_budget: int = 16384,
         batch_size: int = 256,
         max_length: int | None = None,
+        device: str = "auto",
     ) -> None:
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.encoder = model if isinstance(model, BiEncoder) else None
@@ -42,6 +43,7 @@ class Embed(Stage):
         self.token_budget = token_budget
         self.batch_size = batch_size
         self.max_length = max_length
+        self.device = device
 
     def open(self) -> None:
         if self.encoder is None:
@@ -51,6 +53,7 @@ class Embed(Stage):
                 token_budget=self.token_budget,
                 batch_size=self.batch_size,
                 max_length=self.max_length,
+                device=self.device,
             )
 
     def settings(self) -> dict[str, Any]:

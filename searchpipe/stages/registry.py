@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationError
 
 from searchpipe import columns as C
-from searchpipe.config import Precision, StrictModel
+from searchpipe.config import Device, Precision, StrictModel
 from searchpipe.errors import InputError
 
 if TYPE_CHECKING:  # the stages import pyarrow; the CLI builds its commands from this module
@@ -61,6 +61,7 @@ class EmbedSettings(StrictModel):
     model: str = Field("minilm", description="Bi-encoder: 'minilm', a folder or a Hub name.")
     fields: list[str] = Field([C.TEXT], description="Columns joined into the embedded text.")
     precision: Precision = "auto"
+    device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
     max_length: int | None = Field(None, ge=8, description="Tokens per text (the model's).")
     batch_size: int = Field(256, ge=1, description="Most texts per forward pass.")
     token_budget: int = Field(16384, ge=64, description="Most padded tokens per forward pass.")
@@ -105,6 +106,7 @@ class RerankSettings(IndexedSettings):
     max_length: int | None = Field(None, ge=16, description="Tokens per pair.")
     batch_tokens: int = Field(16384, ge=64, description="Most padded tokens per forward pass.")
     precision: Precision = "auto"
+    device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
 
 
 class CutSettings(StrictModel):
@@ -229,7 +231,9 @@ def _embed(s: EmbedSettings, ctx: Context) -> list[Stage]:
     from searchpipe.stages.embed import Embed
 
     fields = tuple(s.fields)
-    return [Embed(s.model, fields, s.precision, s.token_budget, s.batch_size, s.max_length)]
+    return [
+        Embed(s.model, fields, s.precision, s.token_budget, s.batch_size, s.max_length, s.device)
+    ]
 
 
 @register("retrieve", RetrieveSettings, (C.QUERY_ID, C.TEXT, C.EMBEDDING), HITS)
@@ -295,8 +299,9 @@ def _rerank(s: RerankSettings, ctx: Context) -> list[Stage]:
 
     index = ctx.open_index(s.index, "rerank")
     rerank = Rerank(
-        s.model, index, s.depth, s.precision, s.batch_tokens, s.max_length, s.blend, s.fusion
-    )
+        s.model, index, s.depth, s.precision, s.batch_tokens, s.max_length, s.blend, s.fusion,
+        s.device,
+    )  # fmt: skip
     if s.queries is None:
         return [rerank]
     return [Lookup(index, ctx.path(s.queries)), rerank]

@@ -27,7 +27,7 @@ from searchpipe.arrow import append_column, joined_text
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.models.crossencoder import CrossEncoderScorer, rerank_usage
-from searchpipe.models.precision import resolve_precision
+from searchpipe.models.precision import resolve_device, resolve_precision
 from searchpipe.models.resolve import resolve_model
 from searchpipe.stages.base import Stage
 
@@ -89,6 +89,7 @@ class Rerank(Stage):
         max_length: int | None = None,
         blend: float | None = None,
         fusion: str | None = None,
+        device: str = "auto",
     ) -> None:
         if fusion not in (None, "rrf", "score"):
             raise InputError(f"rerank fusion {fusion!r} is not one of rrf, score")
@@ -118,6 +119,7 @@ class Rerank(Stage):
         self.precision = precision
         self.token_budget = token_budget
         self.max_length = max_length
+        self.device = device
         self.pairs = 0
 
     def open(self) -> None:
@@ -127,6 +129,7 @@ class Rerank(Stage):
                 precision=self.precision,
                 token_budget=self.token_budget,
                 max_length=self.max_length,
+                device=self.device,
             )
 
     def settings(self) -> dict[str, Any]:
@@ -136,7 +139,8 @@ class Rerank(Stage):
             "model": ref.name,
             "weights_sha256": ref.weights_sha256,
             "depth": self.depth,
-            "precision": resolve_precision(self.precision),
+            "precision": resolve_precision(self.precision, resolve_device(self.device)),
+            "device": resolve_device(self.device),
             "max_length": self.max_length,
             "blend": self.blend,
             "fusion": self.fusion,

@@ -1,0 +1,173 @@
+"""The CPU runtimes a user would pick instead of ours, each as a function over one chunk.
+
+    embed_peers(folder)  -> {name: texts -> (n, dim) float32}     or {name: "why not"}
+    rerank_peers(folder, max_length) -> {name: (queries, docs) -> (n,) float32} or {name: "why not"}
+
+- ``st-fp32``, ``st-bf16``: sentence-transformers as loaded, and cast to bf16.
+- ``st-openvino``: sentence-transformers' ``backend="openvino"`` (optimum-intel exports the
+  folder to OpenVINO IR and compiles it with its default CPU settings).
+- ``onnxruntime``: the same network exported with ``torch.onnx.export`` and run by ONNX
+  Runtime with every graph optimisation, padded and pooled as sentence-transformers does.
+  This stands in for sentence-transformers' ``backend="onnx"``: its optimum-onnx 0.1.0 needs
+  transformers < 4.58, and sentence-transformers 6 needs transformers >= 5, so that backend
+  cannot be installed with sentence-transformers 6 at all.
+
+OpenVINO and ONNX Runtime come from ``make bench-env`` (a venv of their own, because
+optimum-intel needs older transformers than ours). A peer whose package is missing is
+reported with the reason instead of a figure.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Peer = Callable[[Any], np.ndarray] | str
+BATCH = 32  # sentence-transformers' default batch size, for encode and predict alike
+
+
+def _st_order(texts: list[str]) -> np.ndarray:
+    """sentence-transformers' order: longest text first, so each batch pads little."""
+    return np.argsort([-len(t) for t in texts], kind="stable")
+
+
+def embed_peers(folder: str) -> dict[str, Peer]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    peers: dict[str, Peer] = {}
+    fp32 = SentenceTransformer(folder, device="cpu", local_files_only=True)
+    peers["st-fp32"] = lambda texts: fp32.encode(texts, batch_size=BATCH)
+    bf16 = SentenceTransformer(folder, device="cpu", local_files_only=True).to(torch.bfloat16)
+    peers["st-bf16"] = lambda texts: np.asarray(
+        bf16.encode(texts, batch_size=BATCH, convert_to_tensor=True).float()
+    )
+    try:
+        ov = SentenceTransformer(folder, backend="openvino", device="cpu", local_files_only=True)
+        peers["st-openvino"] = lambda texts: ov.encode(texts, batch_size=BATCH)
+    except Exception as e:  # not installed, or it cannot export this folder
+        peers["st-openvino"] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    peers["onnxruntime"] = _ort_embedder(fp32)
+    return peers
+
+
+def rerank_peers(folder: str, max_length: int) -> dict[str, Peer]:
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    def pairs(chunk: tuple[list[str], list[str]]) -> list[tuple[str, str]]:
+        return list(zip(chunk[0], chunk[1], strict=True))
+
+    peers: dict[str, Peer] = {}
+    fp32 = CrossEncoder(folder, device="cpu", local_files_only=True, max_length=max_length)
+    peers["st-fp32"] = lambda c: fp32.predict(pairs(c), batch_size=BATCH)
+    bf16 = CrossEncoder(folder, device="cpu", local_files_only=True, max_length=max_length)
+    bf16.model.to(torch.bfloat16)
+    peers["st-bf16"] = lambda c: np.asarray(
+        bf16.predict(pairs(c), batch_size=BATCH, convert_to_tensor=True).float()
+    )
+    try:
+        ov = CrossEncoder(
+            folder, backend="openvino", device="cpu", local_files_only=True, max_length=max_length
+        )
+        peers["st-openvino"] = lambda c: ov.predict(pairs(c), batch_size=BATCH)
+    except Exception as e:
+        peers["st-openvino"] = f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    peers["onnxruntime"] = _ort_reranker(fp32)
+    return peers
+
+
+def _ort_session(network: Any, names: tuple[str, ...]) -> Any:
+    """``network`` exported to ONNX (dynamic batch and length) and opened in ONNX Runtime."""
+    import onnxruntime as ort
+    import torch
+
+    path = Path(tempfile.mkdtemp(prefix="peer-onnx-")) / "model.onnx"
+    ids = torch.ones(2, 16, dtype=torch.long)
+    dynamic = {n: {0: "batch", 1: "tokens"} for n in names}
+    with torch.inference_mode():
+        torch.onnx.export(
+            network.eval(), (ids, ids, torch.zeros_like(ids)), str(path), input_names=list(names),
+            output_names=["out"], dynamic_axes={**dynamic, "out": {0: "batch"}},
+            opset_version=17, dynamo=False,
+        )  # fmt: skip
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _Body:
+    """A Hugging Face network called positionally, returning one tensor (for the exporter)."""
+
+    def __init__(self, model: Any, output: str) -> None:
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+                return getattr(
+                    self.model(input_ids=ids, attention_mask=mask, token_type_ids=types), output
+                )
+
+        self.module = Wrapped()
+
+
+def _ort_embedder(st: Any) -> Peer:
+    try:
+        session = _ort_session(_Body(st[0].auto_model, "last_hidden_state").module, NAMES)
+    except Exception as e:
+        return f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    tokenizer, limit = st.tokenizer, st.max_seq_length
+
+    def encode(texts: list[str]) -> np.ndarray:
+        out = np.empty((len(texts), st.get_embedding_dimension()), dtype=np.float32)
+        order = _st_order(texts)
+        for start in range(0, len(texts), BATCH):
+            rows = order[start : start + BATCH]
+            enc = tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True, max_length=limit,
+                return_tensors="np",
+            )  # fmt: skip
+            feed = {n: enc[n].astype(np.int64) for n in NAMES}
+            hidden = session.run(None, feed)[0]  # (B, T, D)
+            mask = feed["attention_mask"][..., None].astype(np.float32)
+            pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)  # mean pooling
+            out[rows] = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+        return out
+
+    return encode
+
+
+def _ort_reranker(ce: Any) -> Peer:
+    try:
+        session = _ort_session(_Body(ce.model, "logits").module, NAMES)
+    except Exception as e:
+        return f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    tokenizer, limit = ce.tokenizer, ce.max_length
+
+    def score(chunk: tuple[list[str], list[str]]) -> np.ndarray:
+        queries, docs = chunk
+        out = np.empty(len(queries), dtype=np.float32)
+        order = _st_order([q + d for q, d in zip(queries, docs, strict=True)])
+        for start in range(0, len(queries), BATCH):
+            rows = order[start : start + BATCH]
+            enc = tokenizer(
+                [queries[i] for i in rows], [docs[i] for i in rows], padding=True,
+                truncation=True, max_length=limit, return_tensors="np",
+            )  # fmt: skip
+            feed = {n: enc[n].astype(np.int64) for n in NAMES}
+            logits = session.run(None, feed)[0].reshape(-1)
+            out[rows] = 1 / (1 + np.exp(-logits))  # CrossEncoder's sigmoid for one logit
+        return out
+
+    return score
