@@ -21,10 +21,10 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.config import EngineConfig, IndexConfig, settings
-from searchpipe.models.precision import compute_summary
 from searchpipe.index import Index, index_dir, read_manifest
 from searchpipe.index.faiss import choose_factory, make_faiss_index
 from searchpipe.index.store import BuildHook, check_name
+from searchpipe.models.precision import compute_summary
 from searchpipe.pipeline import Pipeline, runs_dir, with_progress
 from searchpipe.stages.build import BuildIndex
 from searchpipe.stages.chunk import Chunk
