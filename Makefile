@@ -62,6 +62,10 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/pip install --quiet -e .
 	echo torch==2.13.0 > $(BENCH_VENV)/constraints.txt
 	$(BENCH_VENV)/bin/pip install --quiet -c $(BENCH_VENV)/constraints.txt $(BENCH_PEERS)
+	# optimum-intel drags in torchvision, whose PyPI wheel is built for CUDA torch and breaks
+	# `import transformers` beside the CPU wheel; datasets 5 needs a newer huggingface-hub than
+	# optimum-intel allows; the benchmarks use neither (only training needs datasets)
+	$(BENCH_VENV)/bin/pip uninstall --quiet -y torchvision datasets
 	touch $@
 bench-env: $(BENCH_VENV)/.installed
 

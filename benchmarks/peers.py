@@ -88,12 +88,14 @@ def _ort_session(network: Any, names: tuple[str, ...]) -> Any:
 
     path = Path(tempfile.mkdtemp(prefix="peer-onnx-")) / "model.onnx"
     ids = torch.ones(2, 16, dtype=torch.long)
+    mask = ids.clone()
+    mask[1, 9:] = 0  # a padded row, or the exporter folds the mask away
     dynamic = {n: {0: "batch", 1: "tokens"} for n in names}
     with torch.inference_mode():
         torch.onnx.export(
-            network.eval(), (ids, ids, torch.zeros_like(ids)), str(path), input_names=list(names),
+            network.eval(), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(names),
             output_names=["out"], dynamic_axes={**dynamic, "out": {0: "batch"}},
-            opset_version=17, dynamo=False,
+            opset_version=18, dynamo=True,
         )  # fmt: skip
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -291,3 +291,27 @@ def test_index_command_reports_passages(home: Path, sample_corpus: Path) -> None
     assert not (summary["truncation"] or {}).get("docs")  # passages fit: nothing is cut
     out = CliRunner().invoke(main, ["query", "p", "Venus atmosphere heat", "-k", "2"], color=True)
     assert out.exit_code == 0 and "\x1b[" in out.output  # highlighted terms
+
+
+def test_tuning_sweeps_rank_passage_indexes_as_search_does(
+    long_home: Path, sample_corpus: Path
+) -> None:
+    """The sweep that picks fusion and reranker use (``searchpipe tune``, training's dev
+    checks) must see the order search returns: passages fused, then each document's best."""
+    from searchpipe.training.sweep import FirstStage
+
+    index = Index.open("long", long_home / "indexes")
+    assert index.chunked
+    docs = [json.loads(line) for line in sample_corpus.read_text().splitlines()]
+    queries = pa.table(
+        {C.QUERY_ID: [f"q{i}" for i in range(12)], C.TEXT: [d["title"] for d in docs[:12]]}
+    )
+    first = FirstStage(index, queries, k=10)
+    ids = index.docs.column(C.DOC_ID).to_pylist()
+    for retriever in ("dense", "bm25", "hybrid"):
+        ranked, _, _ = first.run(retriever)
+        hits = Searcher(index, retriever=retriever, k=10, candidates=10).search_batch(queries)
+        expected: dict[str, list[str]] = {}
+        for q, d in zip(hits.column(C.QUERY_ID).to_pylist(), hits.column(C.DOC_ID).to_pylist()):
+            expected.setdefault(q, []).append(d)
+        assert {q: [ids[r] for r in rows] for q, rows in ranked.items()} == expected, retriever

@@ -36,10 +36,17 @@ METRIC = "ndcg@10"
 
 
 class FirstStage:
-    """Dense and BM25 hits of a query set over one index, with their cost per query."""
+    """Dense and BM25 hits of a query set over one index, with their cost per query.
+
+    On an index of passages it does what the search path does: each retriever fetches
+    passages (``passage_depth`` of them), they are fused as passages, and then each document
+    keeps its best passage. Fusing per document instead would sum a document's dense and BM25
+    ranks even when they reached it through different passages, which search never does.
+    """
 
     def __init__(self, index: Any, queries: pa.Table, k: int, model: str | None = None) -> None:
         from searchpipe.api import Searcher
+        from searchpipe.api.query import passage_depth
 
         self.index = index
         self.queries = queries
@@ -48,8 +55,17 @@ class FirstStage:
         self.hits: dict[str, pa.RecordBatch] = {}
         n = max(queries.num_rows, 1)
         kinds = ["dense", "bm25"] if "bm25" in index.manifest else ["dense"]
+        self.chunked = bool(index.chunked)
+        self.rows = passage_depth(index, k) if self.chunked else k
+        if self.chunked:  # each row's document, as a number: its first row
+            ids = np.asarray(index.docs.column(C.DOC_ID).to_pylist(), dtype=object)
+            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+            self.doc_key = first[inverse]
         for kind in kinds:
-            searcher = Searcher(index, retriever=kind, k=k, candidates=k, model=model)
+            searcher = Searcher(
+                index, retriever=kind, k=self.rows, candidates=self.rows, model=model,
+                passages=self.chunked,
+            )  # fmt: skip
             searcher.search_batch(queries.slice(0, 1))  # first calls pay one-off setup
             t0 = time.perf_counter()
             hits = searcher.search_batch(queries)
@@ -75,7 +91,7 @@ class FirstStage:
         else:
             t0 = time.perf_counter()
             qi, rows, scores, _ = fuse_hits(
-                [self.hits["dense"], self.hits["bm25"]], list(weights), fusion, rrf_k, self.k
+                [self.hits["dense"], self.hits["bm25"]], list(weights), fusion, rrf_k, self.rows
             )
             order = list(
                 dict.fromkeys(
@@ -91,17 +107,32 @@ class FirstStage:
             )
         ranked: dict[str, list[int]] = {}
         scored: dict[str, list[float]] = {}
+        seen: dict[str, set[int]] = {}
         for qid, r, s in zip(q, rows.tolist(), np.asarray(scores).tolist(), strict=True):
+            if self.chunked:  # a document once, as its best passage (hits come best first)
+                doc = int(self.doc_key[r])
+                if doc in seen.setdefault(qid, set()) or len(seen[qid]) >= self.k:
+                    continue
+                seen[qid].add(doc)
             ranked.setdefault(qid, []).append(int(r))
             scored.setdefault(qid, []).append(float(s))
         return ranked, scored, ms
 
 
 class PairCache:
-    """Cross-encoder scores of (query, doc row) pairs, each pair scored once."""
+    """Cross-encoder scores of (query, doc row) pairs, each pair scored once.
 
-    def __init__(self, scorer: Any, index: Any, query_text: dict[str, str]) -> None:
+    ``cut_queries``: pseudo-queries were cut from the documents, so each document is scored
+    with the query's text taken out of it, as its positive was shown in training; otherwise a
+    reranker would find its query by string match and look far better on dev than on real
+    queries.
+    """
+
+    def __init__(
+        self, scorer: Any, index: Any, query_text: dict[str, str], cut_queries: bool = False
+    ) -> None:
         self.scorer = scorer
+        self.cut_queries = cut_queries
         self.index = index
         self.query_text = query_text
         self.scores: dict[tuple[str, int], float] = {}
@@ -115,9 +146,11 @@ class PairCache:
             return
         texts = self.index.texts([r for _, r in todo])
         t0 = time.perf_counter()
-        scores = self.scorer.score(
-            [self.query_text[q] for q, _ in todo], [texts[r] for _, r in todo]
-        )
+        queries = [self.query_text[q] for q, _ in todo]
+        docs = [texts[r] for _, r in todo]
+        if self.cut_queries:
+            docs = [d.replace(q, " ") for q, d in zip(queries, docs, strict=True)]
+        scores = self.scorer.score(queries, docs)
         self.seconds += time.perf_counter() - t0
         self.pairs += len(todo)
         self.scores.update(zip(todo, scores.tolist(), strict=True))
@@ -194,6 +227,7 @@ def sweep(
     rerank_fusions: tuple[str, ...] = ("rrf", "score"),
     cache: PairCache | None = None,
     index_root: str | Path | None = None,
+    cut_queries: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the grid on ``qrels`` and choose the best nDCG@10 (within ``max_ms`` if given).
 
@@ -209,6 +243,10 @@ def sweep(
     table = read_queries(queries)
     keep = pa.array([q in judged for q in table.column(C.QUERY_ID).to_pylist()])
     table = table.filter(keep)
+    # scored over the queries asked, not every query the qrels judge (a cut dev slice keeps
+    # the whole qrels file: the rest would count as zeros)
+    asked = set(table.column(C.QUERY_ID).to_pylist())
+    judged = {q: rel for q, rel in judged.items() if q in asked}
     if table.num_rows == 0:
         raise InputError(f"no query of {queries} is judged in {qrels}; pass the matching dev files")
     query_text = dict(
@@ -239,7 +277,7 @@ def sweep(
     if rerank and cache is None:
         from searchpipe.models.crossencoder import CrossEncoderScorer
 
-        cache = PairCache(CrossEncoderScorer(rerank), idx, query_text)
+        cache = PairCache(CrossEncoderScorer(rerank), idx, query_text, cut_queries)
     elif cache is not None:
         cache.query_text.update(query_text)
     if cache is None:

@@ -988,6 +988,7 @@ def train_reranker(
         prep.work / "dev-queries.jsonl",
         prep.work / "dev-qrels.tsv",
         max_length=cfg.max_length,
+        cut_queries=cfg.no_labels,
     )
     summary["usage"] = {k: v for k, v in usage.items() if k != "table"}
     summary["seconds"] = round(time.perf_counter() - t0, 1)

@@ -45,14 +45,20 @@ def choose_usage(
     depths: tuple[int, ...] = DEPTHS,
     blends: tuple[float, ...] = BLENDS,
     min_gain: float = MIN_GAIN,
+    cut_queries: bool = False,
 ) -> dict[str, Any]:
-    """Measure the reranker in ``model_dir`` on dev, save and return its usage record."""
+    """Measure the reranker in ``model_dir`` on dev, save and return its usage record.
+
+    ``cut_queries``: the dev queries are pseudo-queries cut from the corpus; the reranker reads
+    each candidate with the query's text taken out (``sweep.PairCache``).
+    """
     from searchpipe.training.sweep import sweep
 
     kind = "hybrid" if "bm25" in index.manifest else "dense"
     result = sweep(
         index, queries, qrels, rerank=str(model_dir), retrievers=(kind,), rrf_ks=(60,),
         weights=((1.0, 1.0),), depths=(0, *depths), blends=blends, rerank_top=1,
+        cut_queries=cut_queries,
     )  # fmt: skip
     rows = result["rows"]
     first = next(r for r in rows if r["rerank_depth"] == 0)
@@ -73,6 +79,7 @@ def choose_usage(
         "max_length": max_length,
         "metric": METRIC,
         "dev_queries": result["queries"],
+        "dev": "pseudo-queries, cut out of the documents" if cut_queries else "judged queries",
         "first_stage": {"retriever": kind, METRIC: round(first[METRIC], 4)},
         "reranker_alone": {d: round(v, 4) for d, v in alone.items()},
         "best": {
