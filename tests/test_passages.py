@@ -312,6 +312,9 @@ def test_tuning_sweeps_rank_passage_indexes_as_search_does(
         ranked, _, _ = first.run(retriever)
         hits = Searcher(index, retriever=retriever, k=10, candidates=10).search_batch(queries)
         expected: dict[str, list[str]] = {}
-        for q, d in zip(hits.column(C.QUERY_ID).to_pylist(), hits.column(C.DOC_ID).to_pylist()):
+        pairs = zip(
+            hits.column(C.QUERY_ID).to_pylist(), hits.column(C.DOC_ID).to_pylist(), strict=True
+        )
+        for q, d in pairs:
             expected.setdefault(q, []).append(d)
         assert {q: [ids[r] for r in rows] for q, rows in ranked.items()} == expected, retriever
