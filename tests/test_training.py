@@ -447,3 +447,16 @@ def test_pseudo_query_dev_scores_documents_with_the_query_cut_out(
     expected = scorer.score([title] * 3, [texts[r].replace(title, " ") for r in rows])
     assert [cut.scores[("q", r)] for r in rows] == pytest.approx(expected.tolist(), abs=1e-6)
     assert cut.scores[("q", 0)] != pytest.approx(intact.scores[("q", 0)], abs=1e-6)
+
+
+def test_a_dev_gain_must_hold_in_a_paired_test() -> None:
+    from searchpipe.training.usage import paired_p
+
+    base = {f"q{i}": 0.5 for i in range(20)}
+    everywhere = {q: 0.6 for q in base}  # better on every query: p = 2**-20 exactly
+    assert paired_p(everywhere, base) <= 1 / 10_000 + 1e-9
+    # one query better by 0.05 (mean gain 0.0025 on 20, above MIN_GAIN): 1 of 2 sign flips
+    # keeps it, so p is about a half
+    one = {**base, "q0": 0.55}
+    assert 0.45 < paired_p(one, base) < 0.55
+    assert paired_p(base, base) == 1.0

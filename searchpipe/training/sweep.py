@@ -283,6 +283,7 @@ def sweep(
     if cache is None:
         depths = (0,)
     rows: list[dict[str, Any]] = []
+    per_query: list[dict[str, float]] = []  # each row's nDCG@10 per query, for paired tests
     for s in settings:
         ranked, _, ms = first.run(
             s["retriever"],
@@ -290,7 +291,8 @@ def sweep(
             s.get("rrf_k", 60),
             (s.get("dense_weight", 1.0), s.get("bm25_weight", 1.0)),
         )
-        base = evaluate(as_run(ranked, doc_ids), judged, (METRIC, "recall@100"))
+        base = evaluate(as_run(ranked, doc_ids), judged, (METRIC, "recall@100"), per_query=True)
+        per_query.append(base["per_query"][METRIC])
         rows.append(
             {
                 **s,
@@ -321,7 +323,10 @@ def sweep(
             ]
             for depth, blend, fusion in grid:
                 order = reranked(ranked, cache, depth, blend, fusion, scored)
-                res = evaluate(as_run(order, doc_ids), judged, (METRIC, "recall@100"))
+                res = evaluate(
+                    as_run(order, doc_ids), judged, (METRIC, "recall@100"), per_query=True
+                )
+                per_query.append(res["per_query"][METRIC])
                 rows.append(
                     {
                         **{
@@ -346,6 +351,7 @@ def sweep(
         "best": best,
         "search": search_section(best, rerank, k),
         "queries": table.num_rows,
+        "per_query": per_query,
     }
 
 

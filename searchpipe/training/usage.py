@@ -32,6 +32,8 @@ log = logging.getLogger("searchpipe")
 DEPTHS = (10, 20, 50)
 BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # first-stage weight; 0: the reranker alone
 MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
+MAX_P = 0.05  # and the win must hold in a paired test over the dev queries (one-sided)
+PERMUTATIONS = 10_000
 TIE = 0.002  # settings this close on dev count as equal: the cheaper one is chosen
 METRIC = "ndcg@10"
 
@@ -71,8 +73,11 @@ def choose_usage(
     )
     alone = {str(r["rerank_depth"]): r[METRIC] for r in reranked if r["rerank_blend"] == 0.0}
     gain = best[METRIC] - first[METRIC]
+    per_query = result["per_query"]
+    p = paired_p(per_query[rows.index(best)], per_query[rows.index(first)])
     usage: dict[str, Any] = {
-        "rerank": gain > min_gain,
+        "rerank": gain > min_gain and p < MAX_P,
+        "p_value": round(p, 4),
         "depth": best["rerank_depth"],
         "blend": best["rerank_blend"],
         "fusion": best.get("rerank_fusion", "rrf"),
@@ -93,7 +98,14 @@ def choose_usage(
         usage["reason"] = (
             f"on {result['queries']} dev queries, depth {best['rerank_depth']} blend "
             f"{best['rerank_blend']} ({best.get('rerank_fusion', 'rrf')}) scores {best[METRIC]:.4f} against the first stage's "
-            f"{first[METRIC]:.4f}"
+            f"{first[METRIC]:.4f} (paired p {p:.4f})"
+        )
+    elif gain > min_gain:
+        usage["reason"] = (
+            f"on {result['queries']} dev queries the best reranked order (depth "
+            f"{best['rerank_depth']}, blend {best['rerank_blend']}) scores {best[METRIC]:.4f} "
+            f"against the first stage's {first[METRIC]:.4f}, but the gain is not significant "
+            f"(paired p {p:.4f} >= {MAX_P}): it could be noise of this dev slice"
         )
     else:
         usage["reason"] = (
@@ -109,3 +121,19 @@ def choose_usage(
     path.write_text(json.dumps(usage, indent=2))
     log.info("reranker usage: %s", usage["reason"])
     return usage
+
+
+def paired_p(better: dict[str, float], base: dict[str, float], seed: int = 0) -> float:
+    """One-sided p-value that ``better`` beats ``base`` (per-query scores of the same queries):
+    a paired randomization test, flipping the sign of each query's difference.
+
+    >>> paired_p({"a": 1.0, "b": 1.0, "c": 1.0}, {"a": 0.0, "b": 0.0, "c": 0.0}) < 0.2
+    True
+    """
+    import numpy as np
+
+    d = np.asarray([better[q] - base.get(q, 0.0) for q in better])
+    if not d.any():
+        return 1.0
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(PERMUTATIONS, len(d)))
+    return float(((signs * d).mean(1) >= d.mean() - 1e-12).mean())
