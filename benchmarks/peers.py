@@ -19,6 +19,8 @@ reported with the reason instead of a figure.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -91,7 +93,8 @@ def _ort_session(network: Any, names: tuple[str, ...]) -> Any:
     mask = ids.clone()
     mask[1, 9:] = 0  # a padded row, or the exporter folds the mask away
     dynamic = {n: {0: "batch", 1: "tokens"} for n in names}
-    with torch.inference_mode():
+    # the exporter reports progress on stdout, which is the benchmark's JSON
+    with torch.inference_mode(), contextlib.redirect_stdout(sys.stderr):
         torch.onnx.export(
             network.eval(), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(names),
             output_names=["out"], dynamic_axes={**dynamic, "out": {0: "batch"}},
