@@ -57,10 +57,6 @@ class FirstStage:
         kinds = ["dense", "bm25"] if "bm25" in index.manifest else ["dense"]
         self.chunked = bool(index.chunked)
         self.rows = passage_depth(index, k) if self.chunked else k
-        if self.chunked:  # each row's document, as a number: its first row
-            ids = np.asarray(index.docs.column(C.DOC_ID).to_pylist(), dtype=object)
-            _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-            self.doc_key = first[inverse]
         for kind in kinds:
             searcher = Searcher(
                 index, retriever=kind, k=self.rows, candidates=self.rows, model=model,
@@ -80,6 +76,7 @@ class FirstStage:
         weights: tuple[float, float] = (1.0, 1.0),
     ) -> tuple[dict[str, list[int]], dict[str, list[float]], float]:
         """Ranked doc rows and scores per query for one first-stage setting, and its ms/query."""
+        from searchpipe.stages.aggregate import best_passages
         from searchpipe.stages.fuse import fuse_hits
 
         if retriever in ("dense", "bm25"):
@@ -105,17 +102,17 @@ class FirstStage:
                 + self.ms["bm25"]
                 + 1000 * (time.perf_counter() - t0) / max(self.queries.num_rows, 1)
             )
+        scores = np.asarray(scores)
+        if self.chunked:  # each document once, as its best passage (hits come best first)
+            docs = self.index.docs.column(C.DOC_ID).take(pa.array(rows, pa.int64()))
+            keep = best_passages(pa.array(q), docs.combine_chunks(), np.arange(len(q)))
+            q, rows, scores = [q[i] for i in keep], rows[keep], scores[keep]
         ranked: dict[str, list[int]] = {}
         scored: dict[str, list[float]] = {}
-        seen: dict[str, set[int]] = {}
-        for qid, r, s in zip(q, rows.tolist(), np.asarray(scores).tolist(), strict=True):
-            if self.chunked:  # a document once, as its best passage (hits come best first)
-                doc = int(self.doc_key[r])
-                if doc in seen.setdefault(qid, set()) or len(seen[qid]) >= self.k:
-                    continue
-                seen[qid].add(doc)
-            ranked.setdefault(qid, []).append(int(r))
-            scored.setdefault(qid, []).append(float(s))
+        for qid, r, s in zip(q, rows.tolist(), scores.tolist(), strict=True):
+            if len(ranked.setdefault(qid, [])) < self.k:
+                ranked[qid].append(int(r))
+                scored.setdefault(qid, []).append(float(s))
         return ranked, scored, ms
 
 
