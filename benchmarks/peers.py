@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 Peer = Callable[[Any], np.ndarray] | str
 BATCH = 32  # sentence-transformers' default batch size, for encode and predict alike
@@ -38,7 +39,6 @@ def _st_order(texts: list[str]) -> np.ndarray:
 
 
 def embed_peers(folder: str) -> dict[str, Peer]:
-    import torch
     from sentence_transformers import SentenceTransformer
 
     peers: dict[str, Peer] = {}
@@ -58,7 +58,6 @@ def embed_peers(folder: str) -> dict[str, Peer]:
 
 
 def rerank_peers(folder: str, max_length: int) -> dict[str, Peer]:
-    import torch
     from sentence_transformers import CrossEncoder
 
     def pairs(chunk: tuple[list[str], list[str]]) -> list[tuple[str, str]]:
@@ -83,20 +82,35 @@ def rerank_peers(folder: str, max_length: int) -> dict[str, Peer]:
     return peers
 
 
-def _ort_session(network: Any, names: tuple[str, ...]) -> Any:
+NAMES = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class Positional(torch.nn.Module):
+    """A Hugging Face network called with positional inputs, returning one output (the
+    exporter traces positional arguments)."""
+
+    def __init__(self, model: Any, output: str) -> None:
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+        out = self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        return getattr(out, self.output)
+
+
+def _ort_session(network: torch.nn.Module) -> Any:
     """``network`` exported to ONNX (dynamic batch and length) and opened in ONNX Runtime."""
     import onnxruntime as ort
-    import torch
 
     path = Path(tempfile.mkdtemp(prefix="peer-onnx-")) / "model.onnx"
     ids = torch.ones(2, 16, dtype=torch.long)
     mask = ids.clone()
     mask[1, 9:] = 0  # a padded row, or the exporter folds the mask away
-    dynamic = {n: {0: "batch", 1: "tokens"} for n in names}
+    dynamic = {n: {0: "batch", 1: "tokens"} for n in NAMES}
     # the exporter reports progress on stdout, which is the benchmark's JSON
     with torch.inference_mode(), contextlib.redirect_stdout(sys.stderr):
         torch.onnx.export(
-            network.eval(), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(names),
+            network.eval(), (ids, mask, torch.zeros_like(ids)), str(path), input_names=list(NAMES),
             output_names=["out"], dynamic_axes={**dynamic, "out": {0: "batch"}},
             opset_version=18, dynamo=True,
         )  # fmt: skip
@@ -105,45 +119,33 @@ def _ort_session(network: Any, names: tuple[str, ...]) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-NAMES = ("input_ids", "attention_mask", "token_type_ids")
-
-
-class _Body:
-    """A Hugging Face network called positionally, returning one tensor (for the exporter)."""
-
-    def __init__(self, model: Any, output: str) -> None:
-        import torch
-
-        class Wrapped(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, ids: Any, mask: Any, types: Any) -> Any:
-                return getattr(
-                    self.model(input_ids=ids, attention_mask=mask, token_type_ids=types), output
-                )
-
-        self.module = Wrapped()
+def _ort_batches(
+    tokenizer: Any, limit: int, texts: list[str], pairs: list[str] | None = None
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """(rows, ONNX inputs) per batch, as sentence-transformers batches: longest first, BATCH
+    texts (or pairs) each, padded to the batch's longest, cut at ``limit`` tokens."""
+    order = _st_order(
+        texts if pairs is None else [a + b for a, b in zip(texts, pairs, strict=True)]
+    )
+    for start in range(0, len(texts), BATCH):
+        rows = order[start : start + BATCH]
+        second = None if pairs is None else [pairs[i] for i in rows]
+        enc = tokenizer(
+            [texts[i] for i in rows], second, padding=True, truncation=True, max_length=limit,
+            return_tensors="np",
+        )  # fmt: skip
+        yield rows, {n: enc[n].astype(np.int64) for n in NAMES}
 
 
 def _ort_embedder(st: Any) -> Peer:
     try:
-        session = _ort_session(_Body(st[0].auto_model, "last_hidden_state").module, NAMES)
+        session = _ort_session(Positional(st[0].auto_model, "last_hidden_state"))
     except Exception as e:
         return f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    tokenizer, limit = st.tokenizer, st.max_seq_length
 
     def encode(texts: list[str]) -> np.ndarray:
         out = np.empty((len(texts), st.get_embedding_dimension()), dtype=np.float32)
-        order = _st_order(texts)
-        for start in range(0, len(texts), BATCH):
-            rows = order[start : start + BATCH]
-            enc = tokenizer(
-                [texts[i] for i in rows], padding=True, truncation=True, max_length=limit,
-                return_tensors="np",
-            )  # fmt: skip
-            feed = {n: enc[n].astype(np.int64) for n in NAMES}
+        for rows, feed in _ort_batches(st.tokenizer, st.max_seq_length, texts):
             hidden = session.run(None, feed)[0]  # (B, T, D)
             mask = feed["attention_mask"][..., None].astype(np.float32)
             pooled = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)  # mean pooling
@@ -155,22 +157,14 @@ def _ort_embedder(st: Any) -> Peer:
 
 def _ort_reranker(ce: Any) -> Peer:
     try:
-        session = _ort_session(_Body(ce.model, "logits").module, NAMES)
+        session = _ort_session(Positional(ce.model, "logits"))
     except Exception as e:
         return f"unavailable: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
-    tokenizer, limit = ce.tokenizer, ce.max_length
 
     def score(chunk: tuple[list[str], list[str]]) -> np.ndarray:
         queries, docs = chunk
         out = np.empty(len(queries), dtype=np.float32)
-        order = _st_order([q + d for q, d in zip(queries, docs, strict=True)])
-        for start in range(0, len(queries), BATCH):
-            rows = order[start : start + BATCH]
-            enc = tokenizer(
-                [queries[i] for i in rows], [docs[i] for i in rows], padding=True,
-                truncation=True, max_length=limit, return_tensors="np",
-            )  # fmt: skip
-            feed = {n: enc[n].astype(np.int64) for n in NAMES}
+        for rows, feed in _ort_batches(ce.tokenizer, ce.max_length, queries, docs):
             logits = session.run(None, feed)[0].reshape(-1)
             out[rows] = 1 / (1 + np.exp(-logits))  # CrossEncoder's sigmoid for one logit
         return out
