@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.inference import transformer_body
@@ -54,7 +55,7 @@ class BiEncoder:
         self,
         model: str | ModelRef = "minilm",
         precision: str = "auto",
-        token_budget: int = 16384,
+        token_budget: int = TOKEN_BUDGET,
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
@@ -60,7 +61,7 @@ class CrossEncoderScorer:
         self,
         model: str | ModelRef,
         precision: str = "auto",
-        token_budget: int = 16384,
+        token_budget: int = TOKEN_BUDGET,
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",

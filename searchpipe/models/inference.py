@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.encoder import (
     Block,
@@ -119,7 +120,7 @@ class InferenceEncoder:
         dtype: torch.dtype = torch.float32,
         classifier: nn.Linear | None = None,
         device: str = "cpu",
-        rows_hint: int = 16384,
+        rows_hint: int = TOKEN_BUDGET,
     ) -> None:
         encoder = encoder.eval().to(device=device, dtype=dtype)
         fused = onednn_available(device)
@@ -170,7 +171,7 @@ class InferenceEncoder:
 
 
 def transformer_body(
-    model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = 16384
+    model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = TOKEN_BUDGET
 ) -> InferenceEncoder | None:
     """Our inference encoder for the network in a sentence-transformers model's first module.
 
@@ -183,7 +184,7 @@ def transformer_body(
 
 
 def for_transformers(
-    hf_model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = 16384
+    hf_model: Any, dtype: torch.dtype, device: str = "cpu", rows_hint: int = TOKEN_BUDGET
 ) -> InferenceEncoder | None:
     """Our inference encoder for a ``transformers`` BERT model, or None if it is not one we run.
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.arrow import append_column, joined_text, vectors_to_arrow
+from searchpipe.config import TOKEN_BUDGET
 from searchpipe.models.biencoder import BiEncoder
 from searchpipe.stages.base import Stage
 
@@ -30,7 +31,7 @@ class Embed(Stage):
         model: str | BiEncoder = "minilm",
         fields: tuple[str, ...] = (C.TITLE, C.TEXT),
         precision: str = "auto",
-        token_budget: int = 16384,
+        token_budget: int = TOKEN_BUDGET,
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, ValidationError
 
 from searchpipe import columns as C
-from searchpipe.config import Device, Precision, StrictModel
+from searchpipe.config import TOKEN_BUDGET, Device, Precision, StrictModel
 from searchpipe.errors import InputError
 
 if TYPE_CHECKING:  # the stages import pyarrow; the CLI builds its commands from this module
@@ -64,7 +64,9 @@ class EmbedSettings(StrictModel):
     device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
     max_length: int | None = Field(None, ge=8, description="Tokens per text (the model's).")
     batch_size: int = Field(256, ge=1, description="Most texts per forward pass.")
-    token_budget: int = Field(16384, ge=64, description="Most padded tokens per forward pass.")
+    token_budget: int = Field(
+        TOKEN_BUDGET, ge=64, description="Most padded tokens per forward pass."
+    )
 
 
 class RetrieveSettings(StrictModel):
@@ -104,7 +106,9 @@ class RerankSettings(IndexedSettings):
     blend: float | None = Field(None, ge=0, description="Weight of the first-stage rank.")
     fusion: Literal["rrf", "score"] | None = None
     max_length: int | None = Field(None, ge=16, description="Tokens per pair.")
-    batch_tokens: int = Field(16384, ge=64, description="Most padded tokens per forward pass.")
+    batch_tokens: int = Field(
+        TOKEN_BUDGET, ge=64, description="Most padded tokens per forward pass."
+    )
     precision: Precision = "auto"
     device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
 

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.arrow import append_column, joined_text
+from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.models.crossencoder import CrossEncoderScorer, rerank_usage
@@ -85,7 +86,7 @@ class Rerank(Stage):
         index: Index,
         depth: int | None = None,
         precision: str = "auto",
-        token_budget: int = 16384,
+        token_budget: int = TOKEN_BUDGET,
         max_length: int | None = None,
         blend: float | None = None,
         fusion: str | None = None,
