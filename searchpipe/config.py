@@ -82,16 +82,18 @@ class IndexConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """Where a batch job's embedding runs (``--engine``; a job file's ``engine:`` section).
+    """Where a batch job's embedding and batch search run (``--engine``; a job file's
+    ``engine:`` section).
 
-    ``local`` embeds in this process. ``ray`` reads and validates the corpus here (the driver),
-    writes it as input shards into ``work_dir``, embeds the shards in a Ray actor pool (one
-    model per actor) and builds the index here from the embedding shards, in corpus order
-    (``searchpipe.engine.ray_embed``).
+    ``local`` runs in this process. ``ray`` reads and validates the input here (the driver),
+    writes it as input shards into ``work_dir`` and runs the shards in a Ray actor pool (one
+    model per actor): an index build embeds them and builds the index here from the
+    embedding shards, in corpus order; a batch search answers query shards and writes the
+    run here, in query order (``searchpipe.engine.ray_jobs``).
     """
 
     kind: Literal["local", "ray"] = Field(
-        default="local", description="local: embed in this process; ray: in a Ray actor pool."
+        default="local", description="local: run in this process; ray: in a Ray actor pool."
     )
     address: str | None = Field(
         default=None,
@@ -101,17 +103,17 @@ class EngineConfig(StrictModel):
     workers: int | None = Field(
         default=None,
         ge=1,
-        description="Embedding actors (default: the cluster's CPUs / cpus-per-worker).",
+        description="Actors, one model each (default: the cluster's CPUs / cpus-per-worker).",
     )
     cpus_per_worker: int = Field(
-        default=1, ge=1, description="CPUs (and torch threads) each embedding actor takes."
+        default=1, ge=1, description="CPUs (and torch threads) each actor takes."
     )
     shard_rows: int | None = Field(
         default=None,
         ge=1,
-        description="Passages per shard (default: one shard per batch of 1,024 documents, the "
-        "batches a local build embeds, so even bf16 vectors equal the local engine's bit for "
-        "bit; other sizes agree to ~1e-3 in bf16, ~1e-6 in fp32).",
+        description="Rows (passages; queries for a search) per shard (default: one shard per "
+        "batch the local engine runs, 1,024 documents, so even bf16 vectors and scores equal "
+        "the local engine's bit for bit; other sizes agree to ~1e-3 in bf16, ~1e-6 in fp32).",
     )
     work_dir: Path | None = Field(
         default=None,
@@ -213,7 +215,7 @@ class JobConfig(StrictModel):
     """
 
     index: IndexConfig | None = None
-    #: where the index's embedding runs (local by default, or a Ray cluster)
+    #: where the index's embedding and the search run (local by default, or a Ray cluster)
     engine: EngineConfig | None = None
     search: SearchConfig | None = None
     #: stages by name with their settings (``searchpipe.stages.registry``), run after index:

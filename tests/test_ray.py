@@ -225,9 +225,81 @@ def test_a_killed_driver_resumes_from_completed_shards(
     assert_same_index(index, local_fp32, encoder, sample_queries)
 
 
+def test_ray_search_writes_the_local_run_and_resumes(
+    ray_cluster: Any,
+    home: Path,
+    sample_queries: Path,
+    local_fp32: Index,
+    cross_encoder_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`searchpipe search --engine ray` (query shards of 3 on two workers, reranked in fp32)
+    writes the local search's run hit for hit, with the reranker's pairs summed over the
+    shards; run again, it reuses every shard; a byte flipped in one shard's hits is named,
+    that shard searched again, and the run is the same."""
+    import json
+
+    import pyarrow.ipc as ipc
+    from click.testing import CliRunner
+
+    from searchpipe.api import search
+    from searchpipe.cli import main
+
+    root = local_fp32.root.parent
+    flags = {"precision": "fp32", "rerank": str(cross_encoder_dir), "rerank_depth": 10, "k": 10}
+    want = search(
+        index="sample", queries=sample_queries, output=tmp_path / "local.arrow",
+        index_root=root, **flags,
+    )  # fmt: skip
+    work = home / "shared"
+    cmd = [
+        "search", "sample", "--queries", str(sample_queries), "--output", str(tmp_path / "ray.arrow"),
+        "--index-dir", str(root), "--precision", "fp32", "--rerank", str(cross_encoder_dir),
+        "--rerank-depth", "10", "-k", "10", "--engine", "ray", "--workers", "2",
+        "--shard-rows", "3", "--work-dir", str(work), "--json",
+    ]  # fmt: skip
+
+    def run() -> dict[str, Any]:
+        out = CliRunner().invoke(main, cmd)
+        assert out.exit_code == 0, out.output
+        return dict(json.loads(out.stdout))
+
+    def hits(name: str) -> Any:
+        return ipc.open_file(str(tmp_path / name)).read_all()
+
+    def assert_same_run() -> None:
+        got, local = hits("ray.arrow"), hits("local.arrow")
+        assert got.schema.names == local.schema.names
+        key = ["query_id", "doc_id", "rank"]
+        assert got.select(key).to_pylist() == local.select(key).to_pylist()
+        for col in ("score", "rerank_score"):
+            np.testing.assert_allclose(
+                got.column(col).to_numpy(), local.column(col).to_numpy(), atol=1e-4
+            )
+
+    first = run()
+    assert_same_run()
+    assert first["queries"] == want["queries"] == 12 and first["rows"] == want["rows"] == 120
+    assert first["reranked_pairs"] == want["reranked_pairs"] == 120
+    assert first["engine"]["shards"] == 4 and first["engine"]["reused_shards"] == 0
+    assert first["engine"]["workers"] == 2
+    shards = sorted(work.rglob("search/part-*.arrow"))
+    assert len(shards) == 4
+    assert run()["engine"]["reused_shards"] == 4
+    data = bytearray(shards[2].read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shards[2].write_bytes(bytes(data))
+    with caplog.at_level("INFO", logger="searchpipe"):
+        again = run()
+    assert f"{shards[2]} fails its checksum" in caplog.text
+    assert again["engine"]["reused_shards"] == 3 and again["reranked_pairs"] == 120
+    assert_same_run()
+
+
 def test_engine_settings_in_yaml(tmp_path: Path) -> None:
     """A job file's engine: section is the EngineConfig the CLI and API take; unknown keys
-    and an engine: without an index: are errors naming the file."""
+    and an engine: without an index: or search: are errors naming the file."""
     from searchpipe.api import run_job
     from searchpipe.config import JobConfig, load_config
     from searchpipe.errors import InputError
@@ -244,7 +316,7 @@ def test_engine_settings_in_yaml(tmp_path: Path) -> None:
     job.write_text("index: {name: s, corpus: c.jsonl}\nengine: {kind: ray, nodes: 2}\n")
     with pytest.raises(InputError, match=r"unknown key 'engine.nodes'.*cpus_per_worker"):
         load_config(job, JobConfig)
-    job.write_text("engine: {kind: ray}\nsearch: {index: s, queries: q.jsonl, output: o.arrow}\n")
+    job.write_text("engine: {kind: ray}\npipeline: [{read: {path: q.jsonl}}]\n")
     with pytest.raises(InputError, match="'engine:' says where an 'index:' section is built"):
         run_job(job)
 

@@ -1,7 +1,7 @@
 """Building an index: ingest → chunk → embed as a batch job, then the build stage commits a
 version. Documents longer than the embedder reads are split into passages (``stages.chunk``),
 sized in the embedder's own tokens. With ``engine=EngineConfig(kind="ray")`` the embedding
-runs on a Ray cluster (``searchpipe.engine.ray_embed``); reading, validating, chunking and the
+runs on a Ray cluster (``searchpipe.engine.ray_jobs``); reading, validating, chunking and the
 index build stay here, so the index is the one a local run builds.
 
 >>> from searchpipe import build_index
@@ -78,7 +78,7 @@ def build_index(
     hooks: list[BuildHook] = []
     stream: Iterator[pa.RecordBatch]
     if engine.kind == "ray":
-        from searchpipe.engine.ray_embed import RayEmbedJob, RecordEngine
+        from searchpipe.engine.ray_jobs import RayEmbedJob, RecordEngine
         from searchpipe.engine.shards import write_inputs
 
         # read, validated and chunked here, as locally: the same errors, file and line

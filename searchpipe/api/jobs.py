@@ -34,8 +34,11 @@ def run_job(
             f"{source}: a job has a 'search:' or a 'pipeline:' section, not both (a search "
             "is a pipeline: write its stages in pipeline:)"
         )
-    if cfg.engine is not None and cfg.index is None:
-        raise InputError(f"{source}: 'engine:' says where an 'index:' section is built; add one")
+    if cfg.engine is not None and cfg.index is None and cfg.search is None:
+        raise InputError(
+            f"{source}: 'engine:' says where an 'index:' section is built and a 'search:' "
+            "section runs; add one"
+        )
     if cfg.eval is not None and cfg.search is None and cfg.pipeline is None:
         raise InputError(f"{source}: 'eval:' scores the run of a 'search:' section; add one")
     result: dict[str, Any] = {}
@@ -56,7 +59,9 @@ def run_job(
                 f"{source}: 'search:' names no index; add search.index or an 'index:' section"
             )
         search_cfg = cfg.search.model_copy(update={"index": name})
-        result["search"] = search(search_cfg, index_root=cfg.index_dir, progress=progress)
+        result["search"] = search(
+            search_cfg, index_root=cfg.index_dir, progress=progress, engine=cfg.engine
+        )
         if cfg.eval is not None:
             result["eval"] = evaluate(cfg.search.output, cfg.eval.qrels, tuple(cfg.eval.metrics))
     if cfg.pipeline is not None:

@@ -19,9 +19,12 @@ reads; ``passages=True`` returns the passages themselves.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +32,12 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe import timing
-from searchpipe.config import SearchConfig, SearchSettings, settings
+from searchpipe.config import EngineConfig, SearchConfig, SearchSettings, settings
+from searchpipe.engine.ray_jobs import RayShardJob, ShardWorker
+from searchpipe.engine.shards import write_inputs
 from searchpipe.errors import InputError
 from searchpipe.index import Index
-from searchpipe.pipeline import Pipeline, runs_dir
+from searchpipe.pipeline import Pipeline, runs_dir, with_progress
 from searchpipe.stages.aggregate import BestPassage
 from searchpipe.stages.base import Stage
 from searchpipe.stages.cut import Cut
@@ -224,41 +229,138 @@ def search(
     *,
     index_root: str | Path | None = None,
     progress: bool | None = None,
+    engine: EngineConfig | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """Search a queries file as a batch job and write the run (Arrow, JSONL or TREC).
 
-    Takes a ``SearchConfig`` or the same names as keywords.
+    Takes a ``SearchConfig`` or the same names as keywords. ``engine`` says where the
+    queries are answered: here (the default) or on a Ray cluster (``search_on_ray``).
 
     >>> search(index="sample", queries="queries.jsonl", output="run.arrow", k=100)  # doctest: +SKIP
     """
     cfg: SearchConfig = settings(config, SearchConfig, kwargs, "search")
     if cfg.index is None:
         raise InputError("search: name the index to search (index=...)")
+    engine = engine or EngineConfig()
     index = Index.open(cfg.index, index_root)
     ingest = Ingest(cfg.queries, kind="query")
     stages = query_stages(index, cfg)
     write = Write(cfg.output)
     Pipeline([ingest, *stages, write]).check()
-    open_stages(stages, index)
-    pipeline = Pipeline([ingest, *stages])
-    work = runs_dir() / f"search-{index.name}-{Path(cfg.output).stem}"
-    for _ in write(pipeline.run_job(work, progress=progress)):
-        pass
-    summary: dict[str, Any] = {
-        "output": str(cfg.output),
-        "queries": pipeline.rows(work, ingest),
-        "rows": write.rows,
-    }
+    work = (engine.work_dir or runs_dir()) / f"search-{index.name}-{Path(cfg.output).stem}"
+    summary: dict[str, Any] = {"output": str(cfg.output)}
     rerank = next((st for st in stages if isinstance(st, Rerank)), None)
+    if engine.kind == "ray":
+        job = search_on_ray(index, cfg, ingest, engine, work / "ray", progress)
+        for _ in write(job.run(job.shards)):
+            pass
+        records = job.records()
+        summary["queries"] = sum(s.rows for s in job.shards)
+        counts = {
+            k: sum(r.get(k, 0) for r in records) for k in ("reranked_pairs", "truncated_pairs")
+        }
+        summary["engine"] = {k: v for k, v in job.summary().items() if k != "shards"}
+        summary["engine"]["shards"] = len(job.shards)
+    else:
+        open_stages(stages, index)
+        pipeline = Pipeline([ingest, *stages])
+        for _ in write(pipeline.run_job(work, progress=progress)):
+            pass
+        summary["queries"] = pipeline.rows(work, ingest)
+        if rerank is not None:
+            counts = {"reranked_pairs": rerank.pairs, "truncated_pairs": rerank.truncated}
+    summary["rows"] = write.rows
     if rerank is not None:
-        summary["reranked_pairs"] = rerank.pairs
-        summary["truncated_pairs"] = rerank.truncated
-        if rerank.truncated:
+        summary.update(counts)
+        if counts["truncated_pairs"]:
             log.warning(
-                "rerank: %d of %d pairs were longer than the model's %d tokens and were truncated",
-                rerank.truncated,
-                rerank.pairs,
-                rerank.scorer.max_length if rerank.scorer else 0,
+                "rerank: %d of %d pairs were longer than the reranker's tokens and were truncated",
+                counts["truncated_pairs"],
+                counts["reranked_pairs"],
             )
     return summary
+
+
+class SearchShards(ShardWorker):
+    """A Ray actor answering shards of queries: the index (at the same path on every node)
+    and its query stages, built by ``query_stages`` from the driver's settings."""
+
+    def __init__(
+        self, index: str, settings: dict[str, Any], threads: int, fingerprint: str
+    ) -> None:
+        super().__init__(threads, fingerprint)
+        self.index = Index.open(Path(index))
+        self.stages = query_stages(self.index, SearchSettings.model_validate(settings))
+        open_stages(self.stages, self.index)
+        self.rerank = next((st for st in self.stages if isinstance(st, Rerank)), None)
+        self.counted = (0, 0)
+
+    def process(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        stream: Iterable[pa.RecordBatch] = (b.drop_columns([C.SOURCE_ROW]) for b in batches)
+        for stage in self.stages:
+            stream = stage(stream)
+        yield from stream
+
+    def stats(self) -> dict[str, Any]:
+        if self.rerank is None:
+            return {}
+        now = (self.rerank.pairs, self.rerank.truncated)
+        pairs, truncated = now[0] - self.counted[0], now[1] - self.counted[1]
+        self.counted = now
+        return {"reranked_pairs": pairs, "truncated_pairs": truncated}
+
+
+def search_on_ray(
+    index: Index,
+    cfg: SearchConfig,
+    ingest: Ingest,
+    engine: EngineConfig,
+    work: Path,
+    progress: bool | None = None,
+) -> RayShardJob:
+    """Read and validate the queries here (the same errors as a local search), write them as
+    input shards into ``work`` and return the Ray job that answers them (``job.run``).
+
+    Hits of a shard are reused only when made with these settings, this version of the index
+    and these models (their files' sizes and times), from these queries' bytes."""
+    s = SearchSettings.model_validate(cfg.model_dump(include=set(SearchSettings.model_fields)))
+    for field in ("model", "rerank"):  # a local folder: the same path on every node
+        value = getattr(s, field)
+        if value and Path(value).exists():
+            s = s.model_copy(update={field: str(Path(value).resolve())})
+    settings_json = s.model_dump(mode="json")
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [
+                settings_json,
+                str(index.root.resolve()),
+                index.manifest.get("version"),
+                index.manifest.get("build_fingerprint"),
+                [_model_stamp(v) for v in (s.model, s.rerank) if v],
+            ]
+        ).encode()
+    ).hexdigest()
+    kwargs = {"index": str(index.root.resolve()), "settings": settings_json}
+    verbs = ("search", "searched")
+    job = RayShardJob(work, engine, SearchShards, kwargs, fingerprint, "search", verbs)
+    job.shards = write_inputs(
+        with_progress(Pipeline([ingest]).stream(), None, "shard", progress),
+        job.layout,
+        engine.shard_rows,
+        fingerprint,
+    )
+    return job
+
+
+def _model_stamp(model: str) -> list[Any]:
+    """A model folder's files with their sizes and modification times (a model name: itself),
+    so a reranker retrained into the same folder is never mistaken for the old one."""
+    path = Path(model)
+    if not path.is_dir():
+        return [model]
+    return sorted(
+        [str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns]
+        for f in path.rglob("*")
+        if f.is_file()
+    )

@@ -23,7 +23,7 @@ from searchpipe.cli.common import (
     options_from,
     settings_of,
 )
-from searchpipe.config import SearchConfig, SearchSettings, read_config, validate
+from searchpipe.config import EngineConfig, SearchConfig, SearchSettings, read_config, validate
 from searchpipe.errors import InputError
 
 #: the fields ``SearchConfig`` adds to ``SearchSettings``, given as NAME, --queries, --output
@@ -146,6 +146,7 @@ def _snippet(text: str, spans: list[dict[str, int]], width: int = 180) -> str:
     help="Run file: .arrow, .jsonl or .trec.",
 )
 @options_from(SearchConfig, exclude=_RUN_FIELDS)
+@options_from(EngineConfig, flags={"kind": "engine", "address": "ray_address"})
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @index_dir_option
@@ -161,9 +162,12 @@ def search(
     """Search index NAME with every query in QUERIES and write a run file.
 
     NAME, --queries and --output may come from --config instead (its search: section).
+    --engine ray answers the queries on a Ray cluster (pip install 'searchpipe[ray]').
     """
     from searchpipe.api import search as run_search
 
+    engine_flags = given({k: flags.pop(k) for k in EngineConfig.model_fields})
+    engine = validate(engine_flags, EngineConfig, source="command-line options")
     overrides = given({**flags, "index": name, "queries": queries, "output": output})
     if config_file is None:
         for key, hint in (
@@ -177,7 +181,7 @@ def search(
                     "(or --config FILE with a search: section)"
                 )
     cfg = settings_of(SearchConfig, overrides, config_file, "search")
-    summary = run_search(cfg, index_root=index_dir)
+    summary = run_search(cfg, index_root=index_dir, engine=engine)
     if as_json:
         emit(summary)
     else:

@@ -6,10 +6,14 @@ work folder (seen at the same path by the driver and every worker):
                              SOURCE_ROW (their position in the corpus)
     input/_shards.json       {"fingerprint", "shards": [{"name", "rows", "first_row", "sha256"}]}
     embed/part-00000.arrow   the same rows with EMBEDDING and TOKENS added (by a worker)
-    embed/part-00000.json    {"input_sha256", "fingerprint", "rows", "sha256", "host", "pid"}
+    embed/part-00000.json    {"input_sha256", "input_rows", "fingerprint", "rows", "sha256",
+                             "host", "pid"}
 
-An embedding shard is reused only when its record says it was made from the current input
-shard's bytes with the current embed settings and its own bytes still match its sha256.
+A batch search on Ray (``searchpipe search --engine ray``) has the same layout with queries as
+its input and ``search/`` for its output: each query shard's hits.
+
+An output shard is reused only when its record says it was made from the current input
+shard's bytes with the current settings and its own bytes still match its sha256.
 """
 
 from __future__ import annotations
@@ -51,21 +55,22 @@ class Shard:
 
 
 class ShardLayout:
-    """Paths of a scale-out job's shards under ``work`` (the only place that spells them)."""
+    """Paths of a scale-out job's shards under ``work`` (the only place that spells them);
+    ``output`` names the folder of what the workers make (``embed``, ``search``)."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, output: str = "embed") -> None:
         self.work = work
         self.input_dir = work / "input"
-        self.embed_dir = work / "embed"
+        self.output_dir = work / output
 
     def input_path(self, shard: Shard) -> Path:
         return self.input_dir / f"{shard.name}.arrow"
 
-    def embed_path(self, shard: Shard) -> Path:
-        return self.embed_dir / f"{shard.name}.arrow"
+    def output_path(self, shard: Shard) -> Path:
+        return self.output_dir / f"{shard.name}.arrow"
 
     def record_path(self, shard: Shard) -> Path:
-        return self.embed_dir / f"{shard.name}.json"
+        return self.output_dir / f"{shard.name}.json"
 
 
 def write_arrow(path: Path, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> str:
@@ -116,7 +121,7 @@ def write_inputs(
     of its forward pass: embedding the very batches a local build embeds gives its vectors
     bit for bit."""
     layout.input_dir.mkdir(parents=True, exist_ok=True)
-    layout.embed_dir.mkdir(parents=True, exist_ok=True)
+    layout.output_dir.mkdir(parents=True, exist_ok=True)
     shards: list[Shard] = []
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
@@ -155,39 +160,45 @@ def write_inputs(
     return shards
 
 
-def embedded(layout: ShardLayout, shard: Shard, fingerprint: str) -> bool:
-    """Whether ``shard``'s embedding shard is complete and sound for these inputs and settings.
+def done(layout: ShardLayout, shard: Shard, fingerprint: str) -> bool:
+    """Whether ``shard``'s output shard is complete and sound for these inputs and settings.
 
     A shard whose bytes fail its recorded sha256 is logged and never trusted.
     """
     record = read_json(layout.record_path(shard))
-    path = layout.embed_path(shard)
+    path = layout.output_path(shard)
     if not record or not path.is_file():
         return False
     if record.get("input_sha256") != shard.sha256 or record.get("fingerprint") != fingerprint:
-        return False  # made from other inputs or settings: embedded again
+        return False  # made from other inputs or settings: made again
     got = sha256_file(path)
-    if got != record.get("sha256") or record.get("rows") != shard.rows:
+    if got != record.get("sha256") or record.get("input_rows") != shard.rows:
         log.warning(
-            "%s fails its checksum (sha256 %s, recorded %s); embedding that shard again",
+            "%s fails its checksum (sha256 %s, recorded %s); making that shard again",
             path, got[:16], str(record.get("sha256"))[:16],
         )  # fmt: skip
         return False
     return True
 
 
-def read_embedded(layout: ShardLayout, shards: list[Shard]) -> Iterator[pa.RecordBatch]:
-    """The embedded passages in corpus order, shard by shard (memory-mapped, one at a time),
-    each shard's bytes checked against its record and its SOURCE_ROW against its place."""
+def read_outputs(
+    layout: ShardLayout, shards: list[Shard], *, row_per_input: bool = True
+) -> Iterator[pa.RecordBatch]:
+    """The output shards' rows in input order, shard by shard (memory-mapped, one at a time),
+    each shard's bytes checked against its record. With ``row_per_input`` (embedding: one
+    output row per input row) each row's SOURCE_ROW is checked against its place too."""
     for shard in shards:
-        path = layout.embed_path(shard)
+        path = layout.output_path(shard)
         record = read_json(layout.record_path(shard))
         got = sha256_file(path) if path.is_file() else "missing"
         if got != record.get("sha256"):
             raise RunError(
                 f"{path} changed after it was checked (sha256 {got[:16]}, recorded "
-                f"{str(record.get('sha256'))[:16]}); run the job again to embed it again"
+                f"{str(record.get('sha256'))[:16]}); run the job again to make it again"
             )
+        if not row_per_input:
+            yield from file_batches(path)
+            continue
         expected = shard.first_row
         for batch in file_batches(path):
             rows = batch.column(C.SOURCE_ROW).to_numpy()
