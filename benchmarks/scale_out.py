@@ -1,6 +1,8 @@
-"""Scale-out: the Ray engine against the local one on SciFact (5,183 abstracts).
+"""Scale-out: the Ray engine against the local one on SciFact (5,183 abstracts), or on a
+synthetic corpus with a tiny model.
 
     python benchmarks/scale_out.py [--workers 1,2] [--json]
+    python benchmarks/scale_out.py --synthetic 1000000 [--workers 1,2] [--json]
 
 Each run is a fresh subprocess (a cold driver, so its peak RSS is its own): the local engine,
 then ``--engine ray`` with 1 and 2 workers of one CPU each on a Ray started on this machine.
@@ -8,6 +10,12 @@ Reported per run: wall seconds (model load, Ray start and index build included),
 passages/s over that wall time, the seconds Ray spent embedding, and the driver's peak RSS.
 Then each Ray index is compared with the local one: doc ids per row (must be equal), the
 largest vector difference, and top-10 agreement (dense, SciFact's queries).
+
+``--synthetic N`` indexes N synthetic documents (``benchmarks/scale.py``'s corpus) with its
+tiny random BERT and no BM25, so that the engine's own costs show (shards written, read and
+checked; the driver's FAISS adds) rather than MiniLM's: the driver's peak RSS must stay near
+the FAISS index plus one shard, however many documents there are. Its top-10 check searches
+the first 200 documents' texts.
 
 Figures here are from a 2-core machine shared with other work: they say what this code does
 on it, not what a quiet machine or a cluster would do. Skips with a message if
@@ -31,12 +39,22 @@ from common import ROOT, SHARED, emit, log
 SCIFACT = SHARED / "scifact"
 
 
-def one_run(engine: str, workers: int, shard_rows: int, home: Path) -> dict[str, Any]:
-    """Build SciFact in this process (called in a subprocess); returns its figures."""
+def one_run(
+    engine: str, workers: int, shard_rows: int, home: Path, synthetic: int
+) -> dict[str, Any]:
+    """Build SciFact (or the synthetic corpus) in this process (called in a subprocess);
+    returns its figures."""
     import resource
 
     from searchpipe.api import build_index
     from searchpipe.config import EngineConfig
+
+    corpus, extra = SCIFACT, {}
+    if synthetic:
+        from scale import synthetic_corpus, tiny_model
+
+        corpus = synthetic_corpus(home.parent / f"corpus-{synthetic}.arrow", synthetic)
+        extra = {"model": str(tiny_model(home.parent / "tiny-bert")), "bm25": False}
 
     os.environ["SEARCHPIPE_HOME"] = str(home)
     cfg = EngineConfig(
@@ -46,7 +64,7 @@ def one_run(engine: str, workers: int, shard_rows: int, home: Path) -> dict[str,
         work_dir=home / "work",
     )
     t0 = time.perf_counter()
-    index = build_index(corpus=SCIFACT, name="scifact", progress=False, engine=cfg)
+    index = build_index(corpus=corpus, name="scifact", progress=False, engine=cfg, **extra)
     seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     m = index.manifest
@@ -64,9 +82,10 @@ def one_run(engine: str, workers: int, shard_rows: int, home: Path) -> dict[str,
     }
 
 
-def compare(ray_root: Path, local_root: Path) -> dict[str, Any]:
+def compare(ray_root: Path, local_root: Path, synthetic: int) -> dict[str, Any]:
     """How far a Ray index is from the local one."""
     import numpy as np
+    import pyarrow as pa
 
     from searchpipe import columns as C
     from searchpipe.api import Searcher
@@ -82,7 +101,11 @@ def compare(ray_root: Path, local_root: Path) -> dict[str, Any]:
     assert ray_index.vectors is not None and local.vectors is not None
     a = arrow_to_vectors(ray_index.vectors.column(C.EMBEDDING))
     b = arrow_to_vectors(local.vectors.column(C.EMBEDDING))
-    queries = read_queries(SCIFACT / "queries.jsonl")
+    if synthetic:
+        texts = local.docs.column(C.TEXT).slice(0, 200)
+        queries = pa.table({"query_id": [f"q{i}" for i in range(len(texts))], "text": texts})
+    else:
+        queries = read_queries(SCIFACT / "queries.jsonl")
     s_ray = Searcher(ray_index, retriever="dense")
     s_local = Searcher(local, retriever="dense", encoder=s_ray.encoder)
 
@@ -146,21 +169,29 @@ def main() -> None:
     parser.add_argument("--no-faiss", action="store_true", help="Skip the IVF-PQ figures.")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--faiss-only", action="store_true", help="Only the IVF-PQ figures.")
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        default=0,
+        help="Synthetic documents with a tiny model (0: SciFact).",
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:WORKERS:HOME
     args = parser.parse_args()
     if args.one:
         engine, workers, home = args.one.split(":", 2)
-        print(json.dumps(one_run(engine, int(workers), args.shard_rows, Path(home))))
+        run = one_run(engine, int(workers), args.shard_rows, Path(home), args.synthetic)
+        print(json.dumps(run))
         return
     if args.faiss_only:
         emit(faiss_figures(), args.json)
         return
-    if not (SCIFACT / "corpus.jsonl").is_file():
+    if not args.synthetic and not (SCIFACT / "corpus.jsonl").is_file():
         print(f"skipped: SciFact not found at {SCIFACT} (needs ../shared/data/scifact)")
         return
     with open("/proc/loadavg") as f:
         load = f.read().split()[:3]
     results: dict[str, Any] = {
+        "corpus": f"{args.synthetic} synthetic docs, tiny model" if args.synthetic else "SciFact",
         "cpus": os.cpu_count(),
         "shard_rows": args.shard_rows or "one shard per ingest batch (default)",
         "loadavg_before": " ".join(load),
@@ -168,12 +199,17 @@ def main() -> None:
     runs = [("local", 0)] + [("ray", int(w)) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         figures = {}
+        if args.synthetic:  # made once, before any run is timed
+            from scale import synthetic_corpus, tiny_model
+
+            synthetic_corpus(Path(tmp) / f"corpus-{args.synthetic}.arrow", args.synthetic)
+            tiny_model(Path(tmp) / "tiny-bert")
         for engine, workers in runs:
             home = Path(tmp) / f"{engine}-{workers}"
-            log(f"scale_out: building SciFact with engine {engine} ({workers or '-'} workers)")
+            log(f"scale_out: building {results['corpus']} on {engine} ({workers or '-'} workers)")
             out = subprocess.run(
                 [sys.executable, __file__, "--one", f"{engine}:{workers}:{home}",
-                 "--shard-rows", str(args.shard_rows)],
+                 "--shard-rows", str(args.shard_rows), "--synthetic", str(args.synthetic)],
                 cwd=ROOT, capture_output=True, text=True, check=False,
             )  # fmt: skip
             if out.returncode != 0:
@@ -184,7 +220,9 @@ def main() -> None:
         local_root = Path(figures["local-0"]["index"])
         for key, run in figures.items():
             if key != "local-0":
-                results[f"{run['engine']} vs local"] = compare(Path(run["index"]), local_root)
+                results[f"{run['engine']} vs local"] = compare(
+                    Path(run["index"]), local_root, args.synthetic
+                )
         if not args.no_faiss:
             results["faiss (for the cost model)"] = faiss_figures()
         with open("/proc/loadavg") as f:
