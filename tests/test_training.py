@@ -386,44 +386,62 @@ def test_the_shipped_train_configs_are_the_default_recipes() -> None:
 
 def test_the_time_budget_counts_the_dev_checks_a_cut_run_makes() -> None:
     """A large dev slice must not eat the whole budget: a run cut short makes evals_per_epoch
-    dev checks, not the whole plan's (a 518-query slice once left 1 step of 3498)."""
-    from searchpipe.training.train import budget_steps
+    dev checks, not the whole plan's (a 518-query slice once left 1 step of 3498); each is
+    costed at the measured forward rate."""
+    from searchpipe.training.train import Rates, budget_steps
 
     cfg = RerankerTrainConfig(data="d", output="o")  # 30 minutes, 3 checks per epoch
-    steps, info = budget_steps(cfg, planned=3498, rate=7.8, dev_units=518 * 20, step_units=36)
-    rate, one_eval = 0.85 * 7.8, 518 * 20 / (6 * 0.85 * 7.8)
+    rates = Rates(train=7.8, forward=120.0)
+    steps, info = budget_steps(cfg, planned=3498, rates=rates, dev_units=518 * 20, step_units=36)
+    rate, one_eval = 0.85 * 7.8, 518 * 20 / 120.0
     assert steps == int((1800 - 3 * one_eval) * rate / 36) and 100 < steps < 3498
-    small, _ = budget_steps(cfg, planned=100, rate=7.8, dev_units=81 * 20, step_units=36)
+    assert info["dev_check_seconds"] == round(one_eval, 1)
+    small, _ = budget_steps(cfg, planned=100, rates=rates, dev_units=81 * 20, step_units=36)
     assert small == 100  # the whole plan fits
     assert info["per_step"] == 36
 
 
-def test_embedder_throughput_is_measured_with_the_trainers_passes() -> None:
-    """The embedder's time budget rests on this measurement (forward and backward, no
-    weight change)."""
+@pytest.mark.parametrize("kind", ["embedder", "reranker"])
+def test_throughput_is_measured_with_the_trainers_passes(
+    kind: str, cross_encoder_dir: Path
+) -> None:
+    """The time budget rests on these measurements: forward and backward passes (no weight
+    change, no gradient left behind), and forward-only passes, which must be faster."""
     import torch
-    from sentence_transformers import SentenceTransformer
 
     from searchpipe.models.resolve import resolve_model
-    from searchpipe.training.train import texts_per_second
+    from searchpipe.training.train import pairs_per_second, texts_per_second
 
-    model = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
-    before = [p.detach().clone() for p in model.parameters()][:3]
-    rate = texts_per_second(model, ["a short text", "another one", "and a third"], bf16=False)
-    assert rate > 0 and all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(before, list(model.parameters())[:3], strict=True))
+    texts = ["a short text", "another one", "and a third"]
+    if kind == "embedder":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
+        params = list(model.parameters())
+        before = [p.detach().clone() for p in params[:3]]
+        rates = texts_per_second(model, texts, bf16=False)
+    else:
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(str(cross_encoder_dir), device="cpu")
+        params = list(model.model.parameters())
+        before = [p.detach().clone() for p in params[:3]]
+        rates = pairs_per_second(model, texts, texts[::-1], bf16=False)
+    assert 0 < rates.train < rates.forward
+    assert all(p.grad is None for p in params)
+    assert all(torch.equal(a, b) for a, b in zip(before, params[:3], strict=True))
 
 
 def test_dev_checks_are_cut_to_a_share_of_the_time_budget() -> None:
-    from searchpipe.training.train import EVAL_SHARE, MIN_DEV, affordable_dev
+    from searchpipe.training.train import EVAL_SHARE, MIN_DEV, Rates, affordable_dev
 
     cfg = EmbedderTrainConfig(data="d", output="o")  # 30 minutes, 2 epochs, 2 checks each
     dev = [{"n": 22}] * 518
-    kept = affordable_dev(dev, lambda s: s["n"], rate=2.7, cfg=cfg)
-    allowed = EVAL_SHARE * 1800 * 6 * 0.85 * 2.7 / 4  # texts the 4 checks may encode
+    kept = affordable_dev(dev, lambda s: s["n"], Rates(2.7, 14.0), cfg)
+    allowed = EVAL_SHARE * 1800 * 14.0 / 4  # texts the 4 checks may encode
     assert len(kept) == int(allowed // 22) and MIN_DEV <= len(kept) < 518
-    assert len(affordable_dev(dev, lambda s: s["n"], rate=1000.0, cfg=cfg)) == 518
-    assert len(affordable_dev(dev, lambda s: s["n"], rate=0.01, cfg=cfg)) == MIN_DEV
+    assert len(affordable_dev(dev, lambda s: s["n"], Rates(900.0, 1000.0), cfg)) == 518
+    assert len(affordable_dev(dev, lambda s: s["n"], Rates(0.001, 0.01), cfg)) == MIN_DEV
 
 
 def test_pseudo_query_dev_scores_documents_with_the_query_cut_out(
