@@ -467,14 +467,28 @@ def test_pseudo_query_dev_scores_documents_with_the_query_cut_out(
     assert cut.scores[("q", 0)] != pytest.approx(intact.scores[("q", 0)], abs=1e-6)
 
 
-def test_a_dev_gain_must_hold_in_a_paired_test() -> None:
-    from searchpipe.training.usage import paired_p
+def test_a_dev_gain_must_hold_in_a_paired_test_of_the_best_of_the_grid() -> None:
+    import numpy as np
+
+    from searchpipe.training.usage import selection_p
 
     base = {f"q{i}": 0.5 for i in range(20)}
     everywhere = {q: 0.6 for q in base}  # better on every query: p = 2**-20 exactly
-    assert paired_p(everywhere, base) <= 1 / 10_000 + 1e-9
+    assert selection_p([everywhere], base, 0.1) <= 1 / 10_000 + 1e-9
     # one query better by 0.05 (mean gain 0.0025 on 20, above MIN_GAIN): 1 of 2 sign flips
     # keeps it, so p is about a half
     one = {**base, "q0": 0.55}
-    assert 0.45 < paired_p(one, base) < 0.55
-    assert paired_p(base, base) == 1.0
+    assert 0.45 < selection_p([one], base, 0.0025) < 0.55
+    assert selection_p([base], base, 0.0) == 1.0
+    # the best of 30 settings that are noise around the base: its plain paired p is small,
+    # but the chance that the best of 30 noises gains that much is not
+    rng = np.random.default_rng(1)
+    noise = [{q: 0.5 + rng.normal(0, 0.1) for q in base} for _ in range(30)]
+    gains = [np.mean([c[q] - base[q] for q in base]) for c in noise]
+    best = noise[int(np.argmax(gains))]
+    plain, chosen = selection_p([best], base, max(gains)), selection_p(noise, base, max(gains))
+    assert plain < 0.05 < chosen
+    # exactly: the share of sign flips whose best mean gain reaches the observed one
+    d = np.asarray([[c[q] - base[q] for q in sorted(base)] for c in noise])
+    signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(10_000, 20))
+    assert chosen == float(((signs @ d.T / 20).max(axis=1) >= max(gains) - 1e-12).mean())

@@ -852,7 +852,10 @@ MIN_DEV = 50
 
 
 def affordable_dev(
-    dev: list[dict[str, Any]], units: Callable[[dict[str, Any]], int], rates: Rates, cfg: TrainConfig
+    dev: list[dict[str, Any]],
+    units: Callable[[dict[str, Any]], int],
+    rates: Rates,
+    cfg: TrainConfig,
 ) -> list[dict[str, Any]]:
     """The dev samples whose checks fit ``EVAL_SHARE`` of ``cfg.time_budget`` at the measured
     forward rate, at least ``MIN_DEV`` of them.
@@ -1115,9 +1118,7 @@ def train_embedder(
         sample = train.select(range(min(len(train), 16)))
         texts = [t for c in sample.column_names for t in sample[c]]
         rates = texts_per_second(model, texts, resolve_precision(cfg.precision) == "bf16")
-        dev = affordable_dev(
-            dev, lambda s: 1 + len(s["positive"]) + len(s["negative"]), rates, cfg
-        )
+        dev = affordable_dev(dev, lambda s: 1 + len(s["positive"]) + len(s["negative"]), rates, cfg)
         dev_texts = sum(1 + len(s["positive"]) + len(s["negative"]) for s in dev)
         steps, budget = budget_steps(cfg, planned, rates, dev_texts, cfg.batch_size * (2 + n_neg))
         if steps < planned:
