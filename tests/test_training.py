@@ -470,7 +470,7 @@ def test_pseudo_query_dev_scores_documents_with_the_query_cut_out(
 def test_a_dev_gain_must_hold_in_a_paired_test_of_the_best_of_the_grid() -> None:
     import numpy as np
 
-    from searchpipe.training.usage import selection_p
+    from searchpipe.eval.compare import selection_p
 
     base = {f"q{i}": 0.5 for i in range(20)}
     everywhere = {q: 0.6 for q in base}  # better on every query: p = 2**-20 exactly
@@ -492,3 +492,33 @@ def test_a_dev_gain_must_hold_in_a_paired_test_of_the_best_of_the_grid() -> None
     d = np.asarray([[c[q] - base[q] for q in sorted(base)] for c in noise])
     signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(10_000, 20))
     assert chosen == float(((signs @ d.T / 20).max(axis=1) >= max(gains) - 1e-12).mean())
+
+
+def test_sweep_picks_a_reranker_only_for_a_clear_win_over_the_first_stage() -> None:
+    """The sweep's choice of a reranked setting over the first stage: a win on every query
+    is kept; the best of 20 noise settings, which edges the first stage out on 12 queries,
+    is refused, with the p-value computed here by hand from the per-query scores."""
+    import numpy as np
+
+    from searchpipe.eval.compare import selection_p
+    from searchpipe.training.sweep import MAX_P, guard_rerank
+
+    queries = [f"q{i}" for i in range(12)]
+    base = {q: 0.5 for q in queries}
+    rng = np.random.default_rng(3)
+    noise = [{q: 0.5 + rng.normal(0, 0.15) for q in queries} for _ in range(20)]
+    per_query = [base, *noise]
+    rows = [{"rerank_depth": 0, "ndcg@10": 0.5, "ms": 1.0}] + [
+        {"rerank_depth": 10, "ndcg@10": float(np.mean(list(n.values()))), "ms": 5.0} for n in noise
+    ]
+    best = int(np.argmax([r["ndcg@10"] for r in rows]))
+    assert best > 0 and rows[best]["ndcg@10"] > 0.52  # the noise wins on these queries
+    chosen, check = guard_rerank(rows, per_query, list(range(len(rows))), best)
+    p = selection_p(noise, base, rows[best]["ndcg@10"] - 0.5)
+    assert check is not None and check["p_value"] == round(p, 4) and p >= MAX_P
+    assert chosen == 0 and check["rerank"] is False and "not a clear win" in check["reason"]
+    clear = [base, {q: 0.7 for q in queries}]
+    rows2 = [rows[0], {"rerank_depth": 10, "ndcg@10": 0.7, "ms": 5.0}]
+    chosen, check = guard_rerank(rows2, clear, [0, 1], 1)
+    assert chosen == 1 and check is not None and check["rerank"] and check["p_value"] < 0.001
+    assert guard_rerank(rows2, clear, [0, 1], 0) == (0, None)  # a first stage: nothing to check

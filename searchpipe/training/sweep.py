@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
+from searchpipe.eval.compare import selection_p
 
 log = logging.getLogger("searchpipe")
 
@@ -33,6 +34,8 @@ WEIGHTS = ((1.0, 1.0), (1.0, 0.5), (0.5, 1.0), (1.0, 0.25), (0.25, 1.0))
 DEPTHS = (0, 20, 50, 100)
 BLENDS = (0.0, 0.5, 1.0, 2.0)  # first-stage weight in the reranked head; see ``reranked``
 METRIC = "ndcg@10"
+MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
+MAX_P = 0.05  # and hold in a paired test over the dev queries of the best of the grid (max-T)
 
 
 class FirstStage:
@@ -225,10 +228,16 @@ def sweep(
     cache: PairCache | None = None,
     index_root: str | Path | None = None,
     cut_queries: bool = False,
+    guard: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the grid on ``qrels`` and choose the best nDCG@10 (within ``max_ms`` if given).
 
-    Returns ``{"rows": [...], "best": row, "search": {SearchConfig fields}}``.
+    With ``guard``, a reranked setting is chosen over the best first stage only if it wins by
+    ``MIN_GAIN`` and in a paired test that counts its being the best of the reranked grid
+    (``eval.compare.selection_p``, p < ``MAX_P``); otherwise the first stage is chosen and
+    ``rerank_check`` says why.
+
+    Returns ``{"rows": [...], "best": row, "search": {SearchConfig fields}, "rerank_check"}``.
     """
     from searchpipe.eval.metrics import evaluate
     from searchpipe.eval.runs import read_qrels
@@ -339,17 +348,53 @@ def sweep(
                         "ms": ms + depth * cache.ms_per_pair,
                     }
                 )
-    allowed = [r for r in rows if max_ms is None or r["ms"] <= max_ms] or rows
-    # the best nDCG@10; among settings within 0.002 of it, the fastest
-    top_score = max(r[METRIC] for r in allowed)
-    best = min((r for r in allowed if r[METRIC] >= top_score - 0.002), key=lambda r: r["ms"])
+    allowed = [i for i, r in enumerate(rows) if max_ms is None or r["ms"] <= max_ms]
+    allowed = allowed or list(range(len(rows)))
+    best, check = _best(rows, allowed), None
+    if guard:
+        best, check = guard_rerank(rows, per_query, allowed, best)
     return {
         "rows": rows,
-        "best": best,
-        "search": search_section(best, rerank, k),
+        "best": rows[best],
+        "rerank_check": check,
+        "search": search_section(rows[best], rerank, k),
         "queries": table.num_rows,
         "per_query": per_query,
     }
+
+
+def guard_rerank(
+    rows: list[dict[str, Any]], per_query: list[dict[str, float]], among: list[int], best: int
+) -> tuple[int, dict[str, Any] | None]:
+    """Keep ``best`` if it is a first stage, or a reranked setting that beats the best first
+    stage of ``among`` by ``MIN_GAIN`` and in the max-T paired test over the reranked
+    settings (``selection_p``, p < ``MAX_P``); otherwise that first stage. Returns the row
+    and the check made (None when there was nothing to check)."""
+    plain = [i for i in among if rows[i]["rerank_depth"] == 0]
+    if rows[best]["rerank_depth"] == 0 or not plain:
+        return best, None
+    plain_best = _best(rows, plain)
+    gain = rows[best][METRIC] - rows[plain_best][METRIC]
+    reranked = [per_query[i] for i in among if rows[i]["rerank_depth"] > 0]
+    p = selection_p(reranked, per_query[plain_best], gain)
+    check: dict[str, Any] = {"gain": round(gain, 4), "p_value": round(p, 4), "rerank": True}
+    if gain > MIN_GAIN and p < MAX_P:
+        return best, check
+    check["rerank"] = False
+    check["reason"] = (
+        f"the best reranked setting scores {rows[best][METRIC]:.4f} against the best first "
+        f"stage's {rows[plain_best][METRIC]:.4f} on {len(per_query[plain_best])} dev queries "
+        f"(paired p {p:.4f}, best of {len(reranked)}): not a clear win, so the first stage "
+        "is chosen"
+    )
+    log.info("sweep: %s", check["reason"])
+    return plain_best, check
+
+
+def _best(rows: list[dict[str, Any]], among: list[int]) -> int:
+    """The row of ``among`` with the best nDCG@10; among those within 0.002 of it, the fastest."""
+    top = max(rows[i][METRIC] for i in among)
+    return min((i for i in among if rows[i][METRIC] >= top - 0.002), key=lambda i: rows[i]["ms"])
 
 
 def search_section(row: dict[str, Any], rerank: str | None, candidates: int) -> dict[str, Any]:

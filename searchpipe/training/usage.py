@@ -27,15 +27,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from searchpipe.eval.compare import selection_p
 from searchpipe.models.crossencoder import USAGE_FILE
+from searchpipe.training.sweep import MAX_P, MIN_GAIN, sweep
 
 log = logging.getLogger("searchpipe")
 
 DEPTHS = (10, 20, 50)
 BLENDS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # first-stage weight; 0: the reranker alone
-MIN_GAIN = 0.002  # nDCG@10 a reranked order must win by on dev (below it: noise)
-MAX_P = 0.05  # and hold in a paired test over the dev queries of the best of the grid (max-T)
-PERMUTATIONS = 10_000
 TIE = 0.002  # settings this close on dev count as equal: the cheaper one is chosen
 METRIC = "ndcg@10"
 
@@ -56,13 +55,11 @@ def choose_usage(
     ``cut_queries``: the dev queries are pseudo-queries cut from the corpus; the reranker reads
     each candidate with the query's text taken out (``sweep.PairCache``).
     """
-    from searchpipe.training.sweep import sweep
-
     kind = "hybrid" if "bm25" in index.manifest else "dense"
     result = sweep(
         index, queries, qrels, rerank=str(model_dir), retrievers=(kind,), rrf_ks=(60,),
         weights=((1.0, 1.0),), depths=(0, *depths), blends=blends, rerank_top=1,
-        cut_queries=cut_queries,
+        cut_queries=cut_queries, guard=False,
     )  # fmt: skip
     rows = result["rows"]
     first = next(r for r in rows if r["rerank_depth"] == 0)
@@ -124,30 +121,3 @@ def choose_usage(
     path.write_text(json.dumps(usage, indent=2))
     log.info("reranker usage: %s", usage["reason"])
     return usage
-
-
-def selection_p(
-    candidates: list[dict[str, float]], base: dict[str, float], gain: float, seed: int = 0
-) -> float:
-    """One-sided p-value that the best of ``candidates`` beats ``base`` by a mean ``gain``
-    (per-query scores of the same queries), counting that it was chosen as the best of them:
-    a paired randomization test of the maximum (Westfall and Young's max-T). Each
-    permutation flips the sign of each query's differences in every candidate at once and
-    keeps the largest mean gain; p is the share of permutations that reach ``gain``.
-
-    With one candidate this is the plain paired randomization test. Testing the chosen one
-    alone, as if it had not been picked out of 30-odd settings on the same queries, let a
-    SciFact reranker through at p 0.03 on its dev slice that then lost on test.
-
-    >>> selection_p([{"a": 1.0, "b": 1.0, "c": 1.0}], {"a": 0.0, "b": 0.0, "c": 0.0}, 1.0) < 0.2
-    True
-    """
-    import numpy as np
-
-    queries = sorted(set(base).union(*candidates))
-    d = np.asarray([[c.get(q, 0.0) - base.get(q, 0.0) for q in queries] for c in candidates])
-    if not d.any():
-        return 1.0
-    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(PERMUTATIONS, len(queries)))
-    best_null = (signs @ d.T / len(queries)).max(axis=1)
-    return float((best_null >= gain - 1e-12).mean())
