@@ -275,7 +275,7 @@ def search(
         summary.update(counts)
         if counts["truncated_pairs"]:
             log.warning(
-                "rerank: %d of %d pairs were longer than the reranker's tokens and were truncated",
+                "rerank: %d of %d pairs were longer than the reranker's max length and were truncated",
                 counts["truncated_pairs"],
                 counts["reranked_pairs"],
             )
