@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     for key in (
                         "seconds", "train_seconds", "steps", "train_rows", "rows_per_second",
                         "pairs_per_second", "texts_per_second", "dev_best", "budget", "usage",
+                        "stopped_on_time_at",
                     )
                 }
                 for k, v in trained.items()

@@ -522,3 +522,50 @@ def test_sweep_picks_a_reranker_only_for_a_clear_win_over_the_first_stage() -> N
     chosen, check = guard_rerank(rows2, clear, [0, 1], 1)
     assert chosen == 1 and check is not None and check["rerank"] and check["p_value"] < 0.001
     assert guard_rerank(rows2, clear, [0, 1], 0) == (0, None)  # a first stage: nothing to check
+
+
+def test_training_stops_at_its_time_budget_with_a_last_dev_check() -> None:
+    """The deadline callback, on the trainer's own control object: nothing before the
+    deadline; past it, stop, with a dev check and a checkpoint at that step, once."""
+    import time
+
+    from transformers import TrainerControl, TrainerState
+
+    from searchpipe.training.train import deadline_callback
+
+    state, control = TrainerState(global_step=7, max_steps=100), TrainerControl()
+    patient = deadline_callback(3600.0)
+    patient.on_train_begin(None, state, control)
+    patient.on_step_end(None, state, control)
+    assert not (control.should_training_stop or control.should_evaluate or control.should_save)
+    assert patient.stopped_at is None
+    hasty = deadline_callback(0.01)
+    hasty.on_train_begin(None, state, control)
+    time.sleep(0.02)
+    hasty.on_step_end(None, state, control)
+    assert control.should_training_stop and control.should_evaluate and control.should_save
+    assert hasty.stopped_at == 7
+    state.global_step = 8
+    hasty.on_step_end(None, state, TrainerControl())
+    assert hasty.stopped_at == 7
+
+
+def test_a_budgeted_run_past_its_deadline_ends_with_a_dev_check(tiny, tmp_path: Path) -> None:
+    """A real trainer with a budget of a fraction of a second: the step count fitted to it is
+    one step, the deadline stops the run there with a dev check and a checkpoint, and the
+    model is saved and summarised."""
+    import json
+
+    from searchpipe.training.train import train_embedder
+
+    data, _ = tiny
+    out = tmp_path / "embedder"
+    summary = train_embedder(
+        EmbedderTrainConfig(
+            data=data, output=out, index="tiny", time_budget=0.001, batch_size=4, max_length=32,
+            eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
+        )
+    )  # fmt: skip
+    assert summary["stopped_on_time_at"] == summary["steps"] >= 1
+    assert summary["dev_best"] is not None  # the forced dev check ran
+    assert json.loads((out / "searchpipe_train.json").read_text())["steps"] == summary["steps"]
