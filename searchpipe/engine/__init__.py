@@ -1,2 +1,2 @@
 """Scale-out engines for batch jobs: the shard files they share (``engine.shards``) and the Ray
-actor pool that embeds them (``engine.ray_jobs``; imports Ray only when used)."""
+actor pool that runs them, embedding or searching (``engine.ray_jobs``; imports Ray only when used)."""

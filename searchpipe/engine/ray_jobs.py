@@ -11,8 +11,8 @@ returns work in. A failed run (a killed worker, a lost node) is retried for the 
 missing, up to ``EngineConfig.attempts`` times; a killed driver resumes from the completed
 shards on its next run.
 
-Two workers: ``EmbedShards`` (``searchpipe index --engine ray``) here, and the batch search
-of ``searchpipe search --engine ray`` (``searchpipe.api.ray_search``), which needs the query
+Two workers: ``EmbedShards`` (``searchpipe index --engine ray``) here, and ``SearchShards``
+in ``searchpipe.api.query`` (``searchpipe search --engine ray``), which needs the query
 builder of the layer above.
 
 Ray is imported only inside these functions and the actors.
