@@ -116,7 +116,7 @@ class RerankerTrainConfig(TrainConfig):
 
     lr: float = Field(default=5e-5, gt=0)
     batch_size: int = Field(default=4, ge=2)  # groups of 1 + negatives + random_negatives pairs
-    epochs: float = Field(default=3.0, gt=0)
+    epochs: float = Field(default=5.0, gt=0)
     max_length: int = Field(default=192, ge=8)
     loss: Literal["listwise", "bce"] = "listwise"
     random_negatives: int = Field(default=1, ge=0)  # per positive, besides the mined ones
@@ -128,7 +128,7 @@ class EmbedderTrainConfig(TrainConfig):
     """Bi-encoder: multiple-negatives ranking loss (in-batch + mined hard negatives)."""
 
     mining: MiningConfig = MiningConfig(depth=30, negatives=1)
-    epochs: float = Field(default=2.0, gt=0)
+    epochs: float = Field(default=4.0, gt=0)
     scale: float = Field(default=20.0, gt=0)  # inverse temperature of the contrastive softmax
 
 
