@@ -435,7 +435,7 @@ def test_throughput_is_measured_with_the_trainers_passes(
 def test_dev_checks_are_cut_to_a_share_of_the_time_budget() -> None:
     from searchpipe.training.train import EVAL_SHARE, MIN_DEV, Rates, affordable_dev
 
-    cfg = EmbedderTrainConfig(data="d", output="o")  # 30 minutes, 2 epochs, 2 checks each
+    cfg = EmbedderTrainConfig(data="d", output="o", epochs=2.0)  # 30 minutes, 2 checks each
     dev = [{"n": 22}] * 518
     kept = affordable_dev(dev, lambda s: s["n"], Rates(2.7, 14.0), cfg)
     allowed = EVAL_SHARE * 1800 * 14.0 / 4  # texts the 4 checks may encode
