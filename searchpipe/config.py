@@ -9,11 +9,12 @@ keyword names, so ``configs/*.yaml``, command lines and code read alike.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from searchpipe.errors import InputError
 
@@ -115,16 +116,33 @@ class EngineConfig(StrictModel):
         "batch the local engine runs, 1,024 documents, so even bf16 vectors and scores equal "
         "the local engine's bit for bit; other sizes agree to ~1e-3 in bf16, ~1e-6 in fp32).",
     )
-    work_dir: Path | None = Field(
+    work_dir: str | None = Field(
         default=None,
-        description="Folder for the shards, seen at the same path by the driver and every "
-        "worker (NFS on a cluster; default: $SEARCHPIPE_HOME/runs or ./runs).",
+        json_schema_extra={"path_or_uri": True},  # a relative path in a file is rebased
+        description="Folder for the shards, seen at the same place by the driver and every "
+        "worker: a path (NFS on a cluster) or, for the ray engine, a URI pyarrow opens "
+        "(s3://BUCKET/PREFIX, gs://..., hdfs://...; default: $SEARCHPIPE_HOME/runs or ./runs).",
     )
     attempts: int = Field(
         default=3,
         ge=1,
         description="Times the driver runs the shards still missing after a failure.",
     )
+
+    @field_validator("work_dir", mode="before")
+    @classmethod
+    def _path_to_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @model_validator(mode="after")
+    def _local_work_dir(self) -> EngineConfig:
+        # a local job's shards (runs/…/NN-stage/part-*.arrow) are memory-mapped files
+        if self.kind == "local" and self.work_dir and "://" in self.work_dir:
+            raise ValueError(
+                f"work_dir {self.work_dir} is a URI: only --engine ray keeps its shards on "
+                "object storage; the local engine needs a local folder"
+            )
+        return self
 
 
 class SearchSettings(StrictModel):
@@ -318,9 +336,16 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _is_path(model: type[BaseModel], key: str) -> bool:
+def _is_path(model: type[BaseModel], key: str, value: str) -> bool:
+    """Whether ``value`` of ``key`` is a path (a Path field, or a path-or-URI field given a
+    path rather than a URI)."""
     field = model.model_fields.get(key)
-    ann = field.annotation if field is not None else None
+    if field is None:
+        return False
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and extra.get("path_or_uri"):
+        return "://" not in value
+    ann = field.annotation
     return ann is Path or Path in getattr(ann, "__args__", ())
 
 
@@ -332,7 +357,9 @@ def _rebase(raw: dict[str, Any], model: type[BaseModel], base: Path) -> dict[str
         sub = _submodel(model, key)
         if sub is not None and isinstance(value, dict):
             out[key] = _rebase(value, sub, base)
-        elif _is_path(model, key) and isinstance(value, str) and not Path(value).is_absolute():
+        elif (
+            isinstance(value, str) and _is_path(model, key, value) and not Path(value).is_absolute()
+        ):
             out[key] = str(base / value)
     return out
 

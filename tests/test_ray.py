@@ -15,6 +15,7 @@ SciFact).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -30,7 +31,14 @@ import pytest
 
 from searchpipe import columns as C
 from searchpipe.config import EngineConfig
+from searchpipe.engine.shards import Shard
 from searchpipe.index.store import Index, check_index
+
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "searchpipe-test",
+    "AWS_SECRET_ACCESS_KEY": "searchpipe-test",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +49,10 @@ def ray_cluster() -> Iterator[Any]:
         from ray.cluster_utils import Cluster
     except ImportError as e:
         pytest.fail(f"Ray is not installed ({e}); `make install` installs searchpipe[ray]")
+    # the nodes' environment carries credentials for the test's S3 server (s3_server), as a
+    # real cluster's nodes carry theirs; the workers inherit it from the nodes started here
+    for key, value in S3_ENV.items():
+        os.environ.setdefault(key, value)
     try:
         cluster = Cluster(
             initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
@@ -135,7 +147,6 @@ def test_ray_builds_the_local_index_through_a_killed_worker(
 
     from searchpipe.api import build_index
     from searchpipe.cli import main
-    from searchpipe.engine.shards import read_json
 
     engine = ray_engine(home, shard_rows=10)  # 30 shards: the kill lands mid-job
     result: dict[str, Any] = {}
@@ -155,13 +166,13 @@ def test_ray_builds_the_local_index_through_a_killed_worker(
         time.sleep(0.01)
     first = records(home)
     assert first, f"no shard was embedded: {result.get('error')!r}"
-    victim = int(read_json(first[0])["pid"])
+    victim = int(json.loads(first[0].read_text())["pid"])
     os.kill(victim, signal.SIGKILL)
     killed_at = time.time()
     thread.join(timeout=240)
     assert not thread.is_alive(), "the job did not finish after the worker was killed"
     assert "error" not in result, f"the job failed after a worker was killed: {result['error']!r}"
-    after = [read_json(r) for r in records(home) if r.stat().st_mtime > killed_at]
+    after = [json.loads(r.read_text()) for r in records(home) if r.stat().st_mtime > killed_at]
     assert len(after) >= 5, "most shards should have been embedded after the kill"
     assert victim not in {r["pid"] for r in after}, "the killed actor wrote nothing afterwards"
     index = result["index"]
@@ -338,7 +349,93 @@ def test_input_shards_one_per_batch_or_of_shard_rows(tmp_path: Path) -> None:
         rows = [
             r
             for s in shards
-            for b in file_batches(layout.input_path(s))
+            for b in file_batches(layout.input_path(s.name))
             for r in b.select([C.DOC_ID, C.SOURCE_ROW]).to_pylist()
         ]
         assert rows == [{C.DOC_ID: f"d{i}", C.SOURCE_ROW: i} for i in range(13)]
+
+
+@pytest.fixture(scope="module")
+def s3_server() -> Iterator[str]:
+    """A local S3 server (moto's) in this process, with a bucket "work": its host:port."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"{host}:{port}"
+    fs = pafs.S3FileSystem(
+        access_key=S3_ENV["AWS_ACCESS_KEY_ID"], secret_key=S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        endpoint_override=endpoint, scheme="http", region="us-east-1",
+        allow_bucket_creation=True,
+    )  # fmt: skip
+    fs.create_dir("work")
+    yield endpoint
+    server.stop()
+
+
+def test_ray_work_dir_on_s3(
+    ray_cluster: Any,
+    home: Path,
+    sample_corpus: Path,
+    sample_queries: Path,
+    local_fp32: Index,
+    encoder: Any,
+    s3_server: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """--work-dir s3://…: the driver and both workers write and read the shards in a bucket
+    through pyarrow's S3 filesystem (a real S3 protocol server, moto's); the index is the
+    local one; the bucket holds each shard and its record and no temporary object; a byte
+    flipped in one shard there fails its checksum, named by its URI."""
+    import pyarrow.fs as pafs
+
+    from searchpipe.api import build_index
+    from searchpipe.engine.shards import ShardLayout, done
+
+    options = f"endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    uri = f"s3://work/jobs?{options}"
+    engine = EngineConfig(kind="ray", workers=2, work_dir=uri, shard_rows=50)
+    index = build_index(
+        corpus=sample_corpus, name="sample", progress=False, precision="fp32", engine=engine
+    )
+    assert_same_index(index, local_fp32, encoder, sample_queries)
+    record = index.manifest["engine"]
+    assert record["work_dir"] == f"s3://work/jobs/index-sample/ray?{options}"
+    assert [s["rows"] for s in record["shards"]] == [50] * 6
+    fs, root = pafs.FileSystem.from_uri(record["work_dir"])
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{root}/embed")))
+    assert names == sorted(f"part-{n:05d}.{ext}" for n in range(6) for ext in ("arrow", "json"))
+    assert not (home / "runs").exists() or not list((home / "runs").rglob("*.arrow"))
+
+    layout = ShardLayout(record["work_dir"])
+    shards = [Shard(n, 50, 50 * n, s["input_sha256"]) for n, s in enumerate(record["shards"])]
+    fingerprint = layout.dir.read_json(layout.record_path("part-00000"))["fingerprint"]
+    assert all(done(layout, s, fingerprint) for s in shards)
+    path = layout.output_path("part-00002")
+    with fs.open_input_stream(path) as f:
+        data = bytearray(f.read())
+    data[len(data) // 2] ^= 0x01
+    with fs.open_output_stream(path) as f:
+        f.write(bytes(data))
+    with caplog.at_level("WARNING", logger="searchpipe"):
+        assert not done(layout, shards[2], fingerprint)
+    assert f"s3://{path} fails its checksum" in caplog.text
+    assert all(done(layout, s, fingerprint) for s in shards if s.n != 2)
+
+
+def test_work_dir_uri_errors(home: Path, sample_corpus: Path) -> None:
+    """A URI work dir with the local engine, and one pyarrow cannot open: exit 2, saying why."""
+    from click.testing import CliRunner
+
+    from searchpipe.cli import main
+
+    args = ["index", str(sample_corpus), "--name", "s"]
+    out = CliRunner().invoke(main, [*args, "--work-dir", "s3://bucket/work"])
+    assert out.exit_code == 2, out.output
+    assert "only --engine ray keeps its shards on object storage" in out.output
+    out = CliRunner().invoke(main, [*args, "--engine", "ray", "--work-dir", "nosuchfs://x/y"])
+    assert out.exit_code == 2, out.output
+    assert "--work-dir nosuchfs://x/y/index-s/ray: pyarrow cannot open it" in out.output
+    assert "Traceback" not in out.output and not (home / "indexes" / "s").exists()

@@ -74,16 +74,17 @@ def build_index(
     chunk = chunker(embed.encoder, cfg)
     pipeline = Pipeline([ingest, chunk, embed])
     pipeline.check()
-    work = (engine.work_dir or runs_dir()) / f"index-{cfg.name}"
+    work_root = engine.work_dir or runs_dir()
+    work = Path(work_root) / f"index-{cfg.name}"  # local (a URI is for the ray engine only)
     hooks: list[BuildHook] = []
     stream: Iterator[pa.RecordBatch]
     if engine.kind == "ray":
         from searchpipe.engine.ray_jobs import RayEmbedJob, RecordEngine
-        from searchpipe.engine.shards import write_inputs
+        from searchpipe.engine.shards import join, write_inputs
 
         # read, validated and chunked here, as locally: the same errors, file and line
         passages = Pipeline([ingest, chunk]).stream()
-        job = RayEmbedJob(work / "ray", engine, embed)
+        job = RayEmbedJob(join(work_root, f"index-{cfg.name}", "ray"), engine, embed)
         shards = write_inputs(
             with_progress(passages, None, "shard", progress),
             job.layout,

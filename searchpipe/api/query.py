@@ -34,7 +34,7 @@ from searchpipe import columns as C
 from searchpipe import timing
 from searchpipe.config import EngineConfig, SearchConfig, SearchSettings, settings
 from searchpipe.engine.ray_jobs import RayShardJob, ShardWorker
-from searchpipe.engine.shards import write_inputs
+from searchpipe.engine.shards import join, write_inputs
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.pipeline import Pipeline, runs_dir, with_progress
@@ -248,11 +248,12 @@ def search(
     stages = query_stages(index, cfg)
     write = Write(cfg.output)
     Pipeline([ingest, *stages, write]).check()
-    work = (engine.work_dir or runs_dir()) / f"search-{index.name}-{Path(cfg.output).stem}"
+    work_root = engine.work_dir or runs_dir()
+    work_name = f"search-{index.name}-{Path(cfg.output).stem}"
     summary: dict[str, Any] = {"output": str(cfg.output)}
     rerank = next((st for st in stages if isinstance(st, Rerank)), None)
     if engine.kind == "ray":
-        job = search_on_ray(index, cfg, ingest, engine, work / "ray", progress)
+        job = search_on_ray(index, cfg, ingest, engine, join(work_root, work_name, "ray"), progress)
         for _ in write(job.run(job.shards)):
             pass
         records = job.records()
@@ -265,6 +266,7 @@ def search(
     else:
         open_stages(stages, index)
         pipeline = Pipeline([ingest, *stages])
+        work = Path(work_root) / work_name  # local (a URI is for the ray engine only)
         for _ in write(pipeline.run_job(work, progress=progress)):
             pass
         summary["queries"] = pipeline.rows(work, ingest)
@@ -316,7 +318,7 @@ def search_on_ray(
     cfg: SearchConfig,
     ingest: Ingest,
     engine: EngineConfig,
-    work: Path,
+    work: str | Path,
     progress: bool | None = None,
 ) -> RayShardJob:
     """Read and validate the queries here (the same errors as a local search), write them as

@@ -31,17 +31,8 @@ from typing import Any
 import pyarrow as pa
 
 from searchpipe.config import EngineConfig
-from searchpipe.engine.shards import (
-    Shard,
-    ShardLayout,
-    done,
-    read_json,
-    read_outputs,
-    write_arrow,
-    write_json,
-)
+from searchpipe.engine.shards import Shard, ShardLayout, done, read_outputs
 from searchpipe.errors import InputError, RunError
-from searchpipe.files import sha256_file
 from searchpipe.index.store import IndexWriter
 from searchpipe.stages.embed import Embed
 
@@ -53,8 +44,9 @@ class ShardWorker:
     output shard. Subclasses load their models in ``__init__`` and say what a shard becomes
     in ``process``; ``stats`` adds counts of their own to the shard's record.
 
-    Input columns: ``input``, ``input_sha256``, ``output``, ``record``; output: ``shard``,
-    ``rows``, ``sha256``, ``host``, ``pid``.
+    Input columns: ``work`` (the work dir, a path or URI), ``output`` (its folder the
+    outputs go to), ``shard`` (a name), ``input_sha256``; output: ``shard``, ``rows``,
+    ``sha256``, ``host``, ``pid``.
     """
 
     def __init__(self, threads: int, fingerprint: str) -> None:
@@ -72,24 +64,25 @@ class ShardWorker:
         return {}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from searchpipe.arrow import file_batches
-
         out: dict[str, list[Any]] = {k: [] for k in ("shard", "rows", "sha256", "host", "pid")}
         for task in batch.to_pylist():
-            source = Path(task["input"])
-            got = sha256_file(source) if source.is_file() else "missing"
+            layout = ShardLayout(task["work"], task["output"])
+            work, name = layout.dir, task["shard"]
+            source = layout.input_path(name)
+            got = work.sha256(source)
             if got != task["input_sha256"]:
                 raise RunError(
-                    f"worker {self.host}: input shard {source} has sha256 {got[:16]}, the driver "
-                    f"wrote {task['input_sha256'][:16]}; is the work dir shared at the same path "
-                    "on every node?"
+                    f"worker {self.host}: input shard {work.show(source)} has sha256 "
+                    f"{got[:16]}, the driver wrote {task['input_sha256'][:16]}; is the work dir "
+                    "shared at the same path on every node?"
                 )
             sizes: list[int] = []
-            produced = list(self.process(_sized(file_batches(source), sizes)))
+            produced = list(self.process(_sized(work.batches(source), sizes)))
             if not produced:
-                raise RunError(f"worker {self.host}: input shard {source} produced no batches")
-            path = Path(task["output"])
-            digest = write_arrow(path, produced, produced[0].schema)
+                raise RunError(
+                    f"worker {self.host}: input shard {work.show(source)} produced no batches"
+                )
+            digest = work.write_arrow(layout.output_path(name), produced, produced[0].schema)
             rows = sum(b.num_rows for b in produced)
             record = {
                 "input_sha256": task["input_sha256"],
@@ -101,9 +94,9 @@ class ShardWorker:
                 "pid": self.pid,
                 **self.stats(),
             }
-            write_json(Path(task["record"]), record)
+            work.write_json(layout.record_path(name), record)
             for key, value in (
-                ("shard", path.stem), ("rows", rows), ("sha256", digest),
+                ("shard", name), ("rows", rows), ("sha256", digest),
                 ("host", self.host), ("pid", self.pid),
             ):  # fmt: skip
                 out[key].append(value)
@@ -150,7 +143,7 @@ class RayShardJob:
 
     def __init__(
         self,
-        work: Path,
+        work: str | Path,
         engine: EngineConfig,
         worker: type[ShardWorker],
         kwargs: dict[str, Any],
@@ -218,10 +211,10 @@ class RayShardJob:
         pool = min(self.workers, len(shards))
         tasks = [
             {
-                "input": str(self.layout.input_path(s).resolve()),
+                "work": self.layout.dir.uri,
+                "output": self.layout.output,
+                "shard": s.name,
                 "input_sha256": s.sha256,
-                "output": str(self.layout.output_path(s).resolve()),
-                "record": str(self.layout.record_path(s).resolve()),
             }
             for s in shards
         ]
@@ -242,7 +235,7 @@ class RayShardJob:
 
     def records(self) -> list[dict[str, Any]]:
         """Each shard's record, in input order (reused shards included)."""
-        return [read_json(self.layout.record_path(s)) for s in self.shards]
+        return [self.layout.dir.read_json(self.layout.record_path(s.name)) for s in self.shards]
 
     def summary(self) -> dict[str, Any]:
         """The engine and the shard list, as a manifest or a run summary records them."""
@@ -251,10 +244,10 @@ class RayShardJob:
             "address": self.engine.address or "local",
             "workers": self.workers,
             "cpus_per_worker": self.engine.cpus_per_worker,
-            "work_dir": str(self.layout.work.resolve()),
+            "work_dir": self.layout.dir.uri,
             "shard_rows": self.engine.shard_rows,  # None: one shard per ingest batch
             "reused_shards": self.reused,
-            f"{self.layout.output_dir.name}_seconds": round(self.seconds, 2),
+            f"{self.layout.output}_seconds": round(self.seconds, 2),
             "shards": [
                 {
                     "name": s.name,
@@ -279,7 +272,7 @@ class RayEmbedJob(RayShardJob):
 
     row_per_input = True
 
-    def __init__(self, work: Path, engine: EngineConfig, embed: Embed) -> None:
+    def __init__(self, work: str | Path, engine: EngineConfig, embed: Embed) -> None:
         assert embed.encoder is not None, "open the Embed stage first (its model's identity)"
         settings = {
             "model": embed.model_name,
