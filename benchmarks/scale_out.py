@@ -3,6 +3,10 @@ synthetic corpus with a tiny model.
 
     python benchmarks/scale_out.py [--workers 1,2] [--json]
     python benchmarks/scale_out.py --synthetic 1000000 [--workers 1,2] [--json]
+    python benchmarks/scale_out.py --synthetic 1000000 --index-type IVF1024,Flat --on-disk
+
+``--index-type``/``--on-disk`` build that FAISS index in every run (``--on-disk``: an IVF
+index built in blocks and merged into one memory-mapped inverted-list file).
 
 Each run is a fresh subprocess (a cold driver, so its peak RSS is its own): the local engine,
 then ``--engine ray`` with 1 and 2 workers of one CPU each on a Ray started on this machine.
@@ -40,7 +44,7 @@ SCIFACT = SHARED / "scifact"
 
 
 def one_run(
-    engine: str, workers: int, shard_rows: int, home: Path, synthetic: int
+    engine: str, workers: int, shard_rows: int, home: Path, synthetic: int, faiss: dict[str, Any]
 ) -> dict[str, Any]:
     """Build SciFact (or the synthetic corpus) in this process (called in a subprocess);
     returns its figures."""
@@ -64,7 +68,7 @@ def one_run(
         work_dir=home / "work",
     )
     t0 = time.perf_counter()
-    index = build_index(corpus=corpus, name="scifact", progress=False, engine=cfg, **extra)
+    index = build_index(corpus=corpus, name="scifact", progress=False, engine=cfg, **extra, **faiss)
     seconds = time.perf_counter() - t0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB
     m = index.manifest
@@ -175,11 +179,14 @@ def main() -> None:
         default=0,
         help="Synthetic documents with a tiny model (0: SciFact).",
     )
+    parser.add_argument("--index-type", default="Flat", help="FAISS factory of every run.")
+    parser.add_argument("--on-disk", action="store_true", help="An on-disk IVF index.")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: ENGINE:WORKERS:HOME
     args = parser.parse_args()
     if args.one:
         engine, workers, home = args.one.split(":", 2)
-        run = one_run(engine, int(workers), args.shard_rows, Path(home), args.synthetic)
+        faiss = {"index_type": args.index_type, "on_disk": args.on_disk}
+        run = one_run(engine, int(workers), args.shard_rows, Path(home), args.synthetic, faiss)
         print(json.dumps(run))
         return
     if args.faiss_only:
@@ -194,9 +201,10 @@ def main() -> None:
         "corpus": f"{args.synthetic} synthetic docs, tiny model" if args.synthetic else "SciFact",
         "cpus": os.cpu_count(),
         "shard_rows": args.shard_rows or "one shard per ingest batch (default)",
+        "faiss": args.index_type + (", on disk" if args.on_disk else ""),
         "loadavg_before": " ".join(load),
     }
-    runs = [("local", 0)] + [("ray", int(w)) for w in args.workers.split(",")]
+    runs = [("local", 0)] + [("ray", int(w)) for w in args.workers.split(",") if w]
     with tempfile.TemporaryDirectory() as tmp:
         figures = {}
         if args.synthetic:  # made once, before any run is timed
@@ -209,7 +217,8 @@ def main() -> None:
             log(f"scale_out: building {results['corpus']} on {engine} ({workers or '-'} workers)")
             out = subprocess.run(
                 [sys.executable, __file__, "--one", f"{engine}:{workers}:{home}",
-                 "--shard-rows", str(args.shard_rows), "--synthetic", str(args.synthetic)],
+                 "--shard-rows", str(args.shard_rows), "--synthetic", str(args.synthetic),
+                 "--index-type", args.index_type, *(["--on-disk"] if args.on_disk else [])],
                 cwd=ROOT, capture_output=True, text=True, check=False,
             )  # fmt: skip
             if out.returncode != 0:

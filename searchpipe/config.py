@@ -58,6 +58,12 @@ class IndexConfig(StrictModel):
     target_recall: float = Field(
         0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
     )
+    on_disk: bool = Field(
+        False,
+        description="For an IVF index: keep its inverted lists in a file beside it, built in "
+        "blocks and merged (faiss.contrib.ondisk), memory-mapped at search; for indexes "
+        "larger than memory.",
+    )
     bm25: bool = Field(True, description="Also build a BM25 index (hybrid search).")
     chunk: bool = Field(
         True,

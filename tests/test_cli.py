@@ -108,6 +108,7 @@ def test_run_config(home: Path, runner: CliRunner) -> None:
             ["index", "ok.jsonl", "--name", "x", "--index-type", "Flatt"],
             "not a FAISS factory string",
         ),
+        (["index", "ok.jsonl", "--name", "x", "--on-disk"], "has none; pass an IVF factory"),
         (["index", "ok.jsonl", "--name", "x", "--model", "no/such/folder"], "does not exist"),
         (["index", "ok.jsonl", "--name", "x", "--model", "org/model"], "local model folder"),
         (["run", "unknown-key.yaml"], "unknown key 'index.modle'"),

@@ -53,6 +53,40 @@ def test_scifact_dense_minilm(scifact: Path, home: Path) -> None:
     assert evaluate(home / "hybrid.arrow", qrels)["ndcg@10"] >= 0.715  # measured 0.7160
 
 
+def test_on_disk_ivf_index_searches_and_updates_as_in_memory(
+    home: Path, sample_corpus: Path, sample_queries: Path
+) -> None:
+    """--on-disk through the API: the same nprobe and the same run as the IVF index built in
+    memory; deleting a document commits a new on-disk version without it; check passes."""
+    import pyarrow.ipc as ipc
+
+    from searchpipe.api import delete_documents
+    from searchpipe.index.layout import IVFDATA_FILE
+    from searchpipe.index.store import Index, verify
+
+    runs = {}
+    for name, on_disk in (("memory", False), ("disk", True)):
+        index = build_index(
+            corpus=sample_corpus, name=name, index_type="IVF4,Flat", on_disk=on_disk,
+            progress=False,
+        )  # fmt: skip
+        assert bool(index.manifest.get("on_disk")) == on_disk
+        assert (index.version_dir / IVFDATA_FILE).is_file() == on_disk
+        out = home / f"{name}.arrow"
+        search(index=name, queries=sample_queries, output=out, k=10, retriever="dense")
+        runs[name] = ipc.open_file(str(out)).read_all().select(["query_id", "doc_id", "rank"])
+    memory, disk = Index.open("memory"), Index.open("disk")
+    assert disk.manifest["search_params"] == memory.manifest["search_params"]
+    assert runs["disk"].equals(runs["memory"])
+    gone = runs["disk"].column("doc_id")[0].as_py()
+    assert delete_documents("disk", [gone])["deleted"] == 1
+    after = Index.open("disk")
+    assert after.manifest["on_disk"] and (after.version_dir / IVFDATA_FILE).is_file()
+    assert after.manifest["version"] == disk.manifest["version"] + 1 and verify("disk") == []
+    search(index="disk", queries=sample_queries, output=home / "after.arrow", k=10)
+    assert gone not in ipc.open_file(str(home / "after.arrow")).read_all()["doc_id"].to_pylist()
+
+
 def test_ann_index_is_tuned_on_query_like_snippets(home: Path, sample_corpus: Path) -> None:
     """An HNSW index built through the API records the recall it measured and its efSearch."""
     index = build_index(corpus=sample_corpus, name="ann", index_type="HNSW8", progress=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -54,7 +55,11 @@ ENCODER = {
 
 
 def build(
-    root: Path, factory: str, batches: list[pa.RecordBatch], hooks: list | None = None
+    root: Path,
+    factory: str,
+    batches: list[pa.RecordBatch],
+    hooks: list | None = None,
+    on_disk: bool = False,
 ) -> Index:
     stage = BuildIndex(
         root,
@@ -62,6 +67,7 @@ def build(
         ENCODER,
         {"corpus": {"path": "x", "sha256": "y"}},
         n_rows=sum(b.num_rows for b in batches),
+        on_disk=on_disk,
     )
     stage.hooks = hooks or []
     for _ in stage(iter(batches)):
@@ -97,6 +103,76 @@ def test_approximate_indexes_are_tuned_to_target_recall(tmp_path: Path, factory:
     _, rows = index.search(queries, 10)
     truth = exact_topk(queries, iter([vectors]))
     assert recall_at_k(rows, truth) >= 0.85
+
+
+@pytest.mark.parametrize("factory", ["IVF32,Flat", "IVF16,PQ8"])
+def test_on_disk_ivf_equals_the_in_memory_index(
+    tmp_path: Path, factory: str, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """--on-disk: the blocks merged by faiss.contrib.ondisk answer exactly as the same index
+    built in memory, from a folder moved after the build; the blocks are gone, nothing is
+    printed on stdout, ``check`` covers the inverted-list file and finds a flipped byte."""
+    import shutil
+
+    import faiss
+
+    from searchpipe.index.layout import FAISS_FILE, IVFDATA_FILE
+    from searchpipe.stages import build as build_module
+
+    entry = faiss.extract_index_ivf(make_faiss_index(factory, DIM)).code_size + 8
+    monkeypatch.setattr(build_module, "ON_DISK_BLOCK", 1500 * entry)  # 4 batches of 1,000: 2 blocks
+    merged: list[int] = []
+    merge = build_module.OnDiskIVF.merge
+
+    def counted(self: Any, ivfdata: Path) -> Any:
+        index = merge(self, ivfdata)
+        merged.append(len(self.blocks))
+        return index
+
+    monkeypatch.setattr(build_module.OnDiskIVF, "merge", counted)
+    vectors, batches = random_docs(4000)
+    memory = build(tmp_path / "memory", factory, batches)
+    capfd.readouterr()
+    build(tmp_path / "disk", factory, batches, on_disk=True)
+    assert "resizing" not in capfd.readouterr().out and merged == [2]
+    shutil.move(tmp_path / "disk", tmp_path / "moved")
+    disk = Index.open(tmp_path / "moved")
+    assert disk.manifest["on_disk"] and verify(tmp_path / "moved") == []
+    vdir = disk.version_dir
+    assert sorted(p.name for p in vdir.iterdir() if p.is_dir()) == []  # no block folder left
+    assert IVFDATA_FILE in disk.manifest["files"]
+    ivf = faiss.extract_index_ivf(disk.faiss_index)
+    in_memory = (memory.version_dir / FAISS_FILE).stat().st_size
+    codes = len(vectors) * (ivf.code_size + 8)  # each vector's code and id
+    assert (vdir / IVFDATA_FILE).stat().st_size >= codes  # the lists are in their own file
+    assert (vdir / FAISS_FILE).stat().st_size < in_memory - codes / 2  # and not in this one
+    lists = faiss.downcast_InvertedLists(ivf.invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.filename == str(
+        vdir / IVFDATA_FILE
+    )
+    queries = sample_queries(vectors, 100, seed=3)
+    for nprobe in (1, 8, 32):
+        for index in (memory, disk):
+            faiss.extract_index_ivf(index.faiss_index).nprobe = nprobe
+        m_scores, m_rows = memory.search(queries, 10)
+        d_scores, d_rows = disk.search(queries, 10)
+        np.testing.assert_array_equal(d_rows, m_rows)
+        np.testing.assert_allclose(d_scores, m_scores, atol=1e-6)
+    with open(vdir / IVFDATA_FILE, "r+b") as f:  # in place: the file is mapped by `disk`
+        f.seek(f.seek(0, 2) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, 1)
+        f.write(bytes([byte ^ 0x01]))
+    assert any(IVFDATA_FILE in p and "sha256" in p for p in verify(tmp_path / "moved"))
+
+
+def test_on_disk_needs_an_ivf_factory(tmp_path: Path) -> None:
+    from searchpipe.index.faiss import check_on_disk
+
+    for factory in ("Flat", "HNSW16", "PQ8"):
+        with pytest.raises(InputError, match=f"'{factory}' has none; pass an IVF factory"):
+            check_on_disk(factory, DIM)
+    check_on_disk("OPQ8,IVF16,PQ8", DIM)  # an IVF index behind a transform is fine
 
 
 def test_recall_measurement_is_exact() -> None:

@@ -22,7 +22,7 @@ import pyarrow as pa
 from searchpipe import columns as C
 from searchpipe.config import EngineConfig, IndexConfig, settings
 from searchpipe.index import Index, index_dir, read_manifest
-from searchpipe.index.faiss import choose_factory, make_faiss_index
+from searchpipe.index.faiss import check_on_disk, choose_factory, make_faiss_index
 from searchpipe.index.store import BuildHook, check_name
 from searchpipe.models.precision import compute_summary
 from searchpipe.pipeline import Pipeline, runs_dir, with_progress
@@ -71,6 +71,8 @@ def build_index(
     identity = embed.encoder.identity()
     if cfg.index_type != "auto":  # a bad factory string fails before embedding
         make_faiss_index(cfg.index_type, identity["dim"])
+        if cfg.on_disk:
+            check_on_disk(cfg.index_type, identity["dim"])
     chunk = chunker(embed.encoder, cfg)
     pipeline = Pipeline([ingest, chunk, embed])
     pipeline.check()
@@ -98,6 +100,8 @@ def build_index(
         stream = pipeline.run_job(work, progress=progress)
         n_rows = pipeline.rows(work, chunk) or 0
     factory = choose_factory(n_rows) if cfg.index_type == "auto" else cfg.index_type
+    if cfg.on_disk:
+        check_on_disk(factory, identity["dim"])
     build_fp = hashlib.sha256(
         json.dumps(
             [
@@ -107,6 +111,7 @@ def build_index(
                 factory,
                 cfg.target_recall,
                 cfg.bm25,
+                *(["on_disk"] if cfg.on_disk else []),
             ]
         ).encode()
     ).hexdigest()
@@ -144,6 +149,7 @@ def build_index(
         n_rows=n_rows,
         precision=embed.encoder.precision,
         hooks=hooks,
+        on_disk=cfg.on_disk,
     )
     for _ in build(with_progress(stream, n_rows, "index", progress)):
         pass

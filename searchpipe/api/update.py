@@ -303,6 +303,7 @@ def _commit(
         precision=m["encoder"].get("precision", "fp32"),
         writer=writer,
         hooks=hooks,
+        on_disk=bool(m.get("on_disk")),
     )
     for _ in build(rows):
         pass

@@ -7,8 +7,14 @@ inner product over normalised vectors (cosine), whatever the factory.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
 import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,3 +87,101 @@ def check_vectors(vectors: np.ndarray, dim: int, doc_ids: pa.Array) -> None:
             f"embedding of doc {doc_ids[bad].as_py()!r} (row {bad + 1} of its batch) has NaN or "
             "infinite values"
         )
+
+
+def check_on_disk(factory: str, dim: int) -> None:
+    """Refuse ``on_disk`` for a factory without inverted lists to keep on disk."""
+    import faiss
+
+    index = make_faiss_index(factory, dim)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is None or isinstance(ivf, faiss.IndexIVFPQR):
+        raise InputError(
+            f"--on-disk keeps an IVF index's inverted lists on disk, but {factory!r} has none; "
+            "pass an IVF factory (--index-type IVF4096,Flat or IVF4096,PQ48) or drop --on-disk"
+        )
+
+
+class OnDiskIVF:
+    """Add vectors to a trained IVF index in blocks of about ``block_bytes`` of list entries,
+    each written to ``folder`` as soon as it fills, then merge the blocks' inverted lists into
+    one file (``faiss.contrib.ondisk.merge_ondisk``): memory holds the coarse quantizer and
+    one block, never the whole index. Row ids are global, in the order rows were added."""
+
+    def __init__(self, trained: Any, folder: Path, block_bytes: int) -> None:
+        import faiss
+
+        self.trained = trained
+        self.folder = folder
+        entry = faiss.extract_index_ivf(trained).code_size + 8  # a code and its int64 id
+        self.block_rows = max(1, block_bytes // entry)
+        self.block: Any = None
+        self.blocks: list[Path] = []
+        self.ntotal = 0
+
+    def add(self, vectors: np.ndarray) -> None:
+        import faiss
+
+        if self.block is None:
+            self.folder.mkdir(exist_ok=True)
+            self.block = faiss.clone_index(self.trained)
+        ids = np.arange(self.ntotal, self.ntotal + len(vectors), dtype=np.int64)
+        self.block.add_with_ids(vectors, ids)
+        self.ntotal += len(vectors)
+        if self.block.ntotal >= self.block_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import faiss
+
+        if self.block is not None and self.block.ntotal:
+            path = self.folder / f"block-{len(self.blocks):05d}.index"
+            faiss.write_index(self.block, str(path))
+            self.blocks.append(path)
+        self.block = None
+
+    def merge(self, ivfdata: Path) -> Any:
+        """The trained index, its inverted lists now in ``ivfdata``; the blocks are removed."""
+        from faiss.contrib.ondisk import merge_ondisk
+
+        self._flush()
+        with _stdout_to_stderr():  # faiss prints "resizing FILE to N bytes" on stdout
+            merge_ondisk(self.trained, [str(b) for b in self.blocks], str(ivfdata))
+        for b in self.blocks:
+            b.unlink()
+        if self.folder.exists():
+            self.folder.rmdir()
+        return self.trained
+
+
+def read_faiss(path: Path, ivfdata: Path) -> Any:
+    """Read a FAISS index; an on-disk IVF index maps ``ivfdata`` read-only, wherever the
+    folder now is (the file records the path it was built at, the staging folder)."""
+    import faiss
+
+    if not ivfdata.is_file():
+        return faiss.read_index(str(path))
+    index = faiss.read_index(str(path), faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
+    ivf: Any = faiss.extract_index_ivf(index)
+    lists: Any = faiss.downcast_InvertedLists(ivf.invlists)
+    lists.filename = str(ivfdata)
+    lists.do_mmap()
+    return index
+
+
+@contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send what C code prints on stdout to stderr, so ``--json`` output stays clean."""
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)

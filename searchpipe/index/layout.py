@@ -16,6 +16,8 @@ from searchpipe import columns as C
 
 MANIFEST = "manifest.json"
 FAISS_FILE = "index.faiss"
+#: an on-disk IVF index's inverted lists (``IndexConfig.on_disk``), memory-mapped at search
+IVFDATA_FILE = "index.ivfdata"
 DOCS_FILE = "docs.arrow"
 VECTORS_FILE = "vectors.arrow"
 BM25_DIR = "bm25"

@@ -40,12 +40,14 @@ from searchpipe.files import file_digest, fsync_dir, fsync_file
 
 if TYPE_CHECKING:
     from searchpipe.index.filters import RowFilter
+from searchpipe.index.faiss import read_faiss
 from searchpipe.index.layout import (
     BM25_DIR,
     CONTENT_SHA256,
     DOC_STORE_SCHEMA,
     DOCS_FILE,
     FAISS_FILE,
+    IVFDATA_FILE,
     MANIFEST,
     VECTORS_FILE,
     VERSION_DIR,
@@ -203,11 +205,10 @@ class Index:
                     f"index {root.name} is corrupt: {f} should be {meta['size']} bytes, found {found}; "
                     f"run 'searchpipe check {root.name}' and rebuild the index"
                 )
-        import faiss
         import pyarrow.ipc as ipc
 
         try:
-            faiss_index = faiss.read_index(str(vdir / FAISS_FILE))
+            faiss_index = read_faiss(vdir / FAISS_FILE, vdir / IVFDATA_FILE)
             docs = ipc.open_file(pa.memory_map(str(vdir / DOCS_FILE))).read_all()
             if C.PASSAGE not in docs.schema.names:  # format 1-2: one row per whole document
                 docs = whole_passages(docs).select(DOC_STORE_SCHEMA.names)

@@ -2,7 +2,9 @@
 
 The stream is consumed once: doc store rows are appended to an Arrow IPC file and vectors
 added to FAISS as they arrive, so memory holds one batch (plus a training sample for
-IVF/PQ factories, which must be trained before vectors are added).
+IVF/PQ factories, which must be trained before vectors are added). With ``on_disk`` an IVF
+index is built in blocks written to disk as they fill and merged into one inverted-list file
+(``index.faiss.OnDiskIVF``), so memory holds one block, not the index.
 
 Rows are passages (``stages.chunk``); rows of documents that were not chunked are stored as
 one passage each. Beside the doc store, ``vectors.arrow`` keeps each row's embedding and its
@@ -24,17 +26,29 @@ import pyarrow.compute as pc
 from searchpipe import columns as C
 from searchpipe.arrow import arrow_to_vectors, vectors_to_arrow
 from searchpipe.errors import InputError, RunError
-from searchpipe.index.faiss import check_vectors, make_faiss_index, train, train_size
+from searchpipe.index.faiss import (
+    OnDiskIVF,
+    check_vectors,
+    make_faiss_index,
+    train,
+    train_size,
+)
 from searchpipe.index.layout import (
     DOC_STORE_SCHEMA,
     DOCS_FILE,
     FAISS_FILE,
+    IVFDATA_FILE,
     VECTORS_FILE,
     vectors_schema,
     whole_passages,
 )
 from searchpipe.index.store import BuildHook, IndexWriter
 from searchpipe.stages.base import Stage
+
+#: bytes of inverted-list entries (codes and ids) per block of an on-disk IVF build: 87,000
+#: 384-d vectors for IVF,Flat, 2.4M for IVF,PQ48
+ON_DISK_BLOCK = 128 << 20
+BLOCKS_DIR = "ivf-blocks"  # inside the staging folder; merged and removed before commit
 
 
 class BuildIndex(Stage):
@@ -58,6 +72,7 @@ class BuildIndex(Stage):
         precision: str = "fp32",
         writer: IndexWriter | None = None,
         hooks: Iterable[BuildHook] = (),
+        on_disk: bool = False,
     ) -> None:
         self.root = root
         #: an IndexWriter the caller already holds (read-modify-write under one lock)
@@ -70,9 +85,11 @@ class BuildIndex(Stage):
         self.result: dict[str, Any] | None = None
         #: run on the staged version before commit (BM25, ANN tuning); each adds manifest fields
         self.hooks: list[BuildHook] = list(hooks)
+        #: an IVF index whose inverted lists live in IVFDATA_FILE, built ON_DISK_BLOCK rows at a time
+        self.on_disk = on_disk
 
     def settings(self) -> dict[str, Any]:
-        return {"factory": self.factory, "encoder": self.encoder}
+        return {"factory": self.factory, "encoder": self.encoder, "on_disk": self.on_disk}
 
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         import faiss
@@ -88,6 +105,9 @@ class BuildIndex(Stage):
         limit = int(self.encoder.get("max_length") or 0) or np.iinfo(np.int32).max
         truncated = tokens_cut = measured = documents = 0
         with nullcontext(self.writer) if self.writer else IndexWriter(self.root) as writer:
+            sink = (
+                OnDiskIVF(index, writer.path(BLOCKS_DIR), ON_DISK_BLOCK) if self.on_disk else index
+            )
             with (
                 ipc.new_file(str(writer.path(DOCS_FILE)), DOC_STORE_SCHEMA) as store,
                 ipc.new_file(str(writer.path(VECTORS_FILE)), vectors_schema(dim)) as kept,
@@ -126,17 +146,19 @@ class BuildIndex(Stage):
                             train(index, self.factory, np.concatenate(pending))
                             need_training = False
                             for v in pending:
-                                index.add(v)
+                                sink.add(v)
                             pending = []
                     else:
-                        index.add(vectors)
+                        sink.add(vectors)
                     yield batch
                 if need_training:
                     if pending_n == 0:
                         raise InputError("nothing to index: the corpus is empty")
                     train(index, self.factory, np.concatenate(pending))
                     for v in pending:
-                        index.add(v)
+                        sink.add(v)
+            if isinstance(sink, OnDiskIVF):
+                index = sink.merge(writer.path(IVFDATA_FILE))
             extra: dict[str, Any] = {}
             for hook in self.hooks:
                 extra.update(hook(writer, index))
@@ -154,6 +176,7 @@ class BuildIndex(Stage):
                 "metric": "inner_product",
                 "normalized": bool(self.encoder.get("normalize")),
                 "factory": self.factory,
+                **({"on_disk": True} if self.on_disk else {}),
                 "doc_count": documents,
                 "passage_count": int(index.ntotal),
                 "search_params": {},
