@@ -166,6 +166,35 @@ def test_on_disk_ivf_equals_the_in_memory_index(
     assert any(IVFDATA_FILE in p and "sha256" in p for p in verify(tmp_path / "moved"))
 
 
+def test_ivf_trains_on_a_sample_of_the_whole_corpus(tmp_path: Path) -> None:
+    """A corpus sorted by topic: two far-apart clusters, the first larger than the training
+    sample. Trained on its first rows, every IVF centroid would sit in the first cluster and
+    the second would crowd one list; trained on the seeded sample of all rows, the lists
+    split between both."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    half = 12_000  # > train_size("IVF8,Flat", 24_000) == 10_000
+    centers = np.eye(DIM, dtype=np.float32)[:2]
+    vectors = np.concatenate([c + 0.05 * rng.standard_normal((half, DIM)) for c in centers])
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    batches = [
+        pa.record_batch({
+            C.DOC_ID: [f"d{i}" for i in range(s, s + 1000)], C.TITLE: [""] * 1000,
+            C.TEXT: ["t"] * 1000, C.METADATA: pa.nulls(1000, pa.string()),
+            C.EMBEDDING: vectors_to_arrow(vectors[s : s + 1000]),
+        })
+        for s in range(0, 2 * half, 1000)
+    ]  # fmt: skip
+    index = build(tmp_path / "sorted", "IVF8,Flat", batches)
+    ivf = faiss.extract_index_ivf(index.faiss_index)
+    sizes = [ivf.invlists.list_size(i) for i in range(ivf.nlist)]
+    nearest = ivf.quantizer.search(centers, 1)[1][:, 0]
+    second = ivf.quantizer.search(vectors[half:], 1)[1][:, 0]
+    assert len(set(second.tolist())) >= 2 and max(sizes) < half  # both clusters have lists
+    assert nearest[0] != nearest[1] and sum(sizes) == 2 * half
+
+
 def test_on_disk_needs_an_ivf_factory(tmp_path: Path) -> None:
     from searchpipe.index.faiss import check_on_disk
 

@@ -1,8 +1,10 @@
 """Build index: consume embedded documents into a new, atomically committed index version.
 
-The stream is consumed once: doc store rows are appended to an Arrow IPC file and vectors
-added to FAISS as they arrive, so memory holds one batch (plus a training sample for
-IVF/PQ factories, which must be trained before vectors are added). With ``on_disk`` an IVF
+The stream is consumed once: doc store rows and vectors are appended to Arrow IPC files as
+they arrive, and vectors added to FAISS, so memory holds one batch. IVF/PQ factories, which
+must be trained before vectors are added, are trained once the stream ends, on a seeded
+random sample of all rows read back from the staged (memory-mapped) ``vectors.arrow``, and
+then add them from it. With ``on_disk`` an IVF
 index is built in blocks written to disk as they fill and merged into one inverted-list file
 (``index.faiss.OnDiskIVF``), so memory holds one block, not the index.
 
@@ -49,6 +51,16 @@ from searchpipe.stages.base import Stage
 #: 384-d vectors for IVF,Flat, 2.4M for IVF,PQ48
 ON_DISK_BLOCK = 128 << 20
 BLOCKS_DIR = "ivf-blocks"  # inside the staging folder; merged and removed before commit
+ADD_ROWS = 65_536  # rows an IVF/PQ build adds at a time, read back from the staged vectors.arrow
+TRAIN_SEED = 0
+
+
+def training_sample(vectors: pa.ChunkedArray, size: int) -> np.ndarray:
+    """``size`` rows drawn without replacement (seed ``TRAIN_SEED``), in row order: a
+    corpus sorted by topic or source trains the same centroids as a shuffled one would."""
+    n = len(vectors)
+    picked = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=min(size, n), replace=False))
+    return arrow_to_vectors(vectors.take(pa.array(picked)))
 
 
 class BuildIndex(Stage):
@@ -98,9 +110,7 @@ class BuildIndex(Stage):
         dim = int(self.encoder["dim"])
         index = make_faiss_index(self.factory, dim)
         need_training = not index.is_trained
-        pending: list[np.ndarray] = []
-        pending_n = 0
-        wanted = train_size(self.factory, self.n_rows)
+        rows = 0
         # documents longer than the model reads are cut: counted, never silent
         limit = int(self.encoder.get("max_length") or 0) or np.iinfo(np.int32).max
         truncated = tokens_cut = measured = documents = 0
@@ -139,24 +149,20 @@ class BuildIndex(Stage):
                             schema=vectors_schema(dim),
                         )
                     )
-                    if need_training:
-                        pending.append(vectors.copy())
-                        pending_n += len(vectors)
-                        if pending_n >= wanted:
-                            train(index, self.factory, np.concatenate(pending))
-                            need_training = False
-                            for v in pending:
-                                sink.add(v)
-                            pending = []
-                    else:
+                    rows += len(vectors)
+                    if not need_training:
                         sink.add(vectors)
                     yield batch
-                if need_training:
-                    if pending_n == 0:
-                        raise InputError("nothing to index: the corpus is empty")
-                    train(index, self.factory, np.concatenate(pending))
-                    for v in pending:
-                        sink.add(v)
+            if need_training:  # IVF/PQ: train on a seeded sample of all rows, then add them all
+                if rows == 0:
+                    raise InputError("nothing to index: the corpus is empty")
+                kept_rows = ipc.open_file(pa.memory_map(str(writer.path(VECTORS_FILE)))).read_all()
+                stored = kept_rows.column(C.EMBEDDING)
+                train(index, self.factory, training_sample(stored, train_size(self.factory, rows)))
+                for chunk in stored.chunks:
+                    for start in range(0, len(chunk), ADD_ROWS):
+                        sink.add(arrow_to_vectors(chunk.slice(start, ADD_ROWS)))
+                del kept_rows, stored
             if isinstance(sink, OnDiskIVF):
                 index = sink.merge(writer.path(IVFDATA_FILE))
             extra: dict[str, Any] = {}
