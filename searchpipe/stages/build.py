@@ -3,8 +3,8 @@
 The stream is consumed once: doc store rows and vectors are appended to Arrow IPC files as
 they arrive, and vectors added to FAISS, so memory holds one batch. IVF/PQ factories, which
 must be trained before vectors are added, are trained once the stream ends, on a seeded
-random sample of all rows read back from the staged (memory-mapped) ``vectors.arrow``, and
-then add them from it. With ``on_disk`` an IVF
+random sample of all rows read back from the staged ``vectors.arrow``, and then add them
+from it, one batch at a time. With ``on_disk`` an IVF
 index is built in blocks written to disk as they fill and merged into one inverted-list file
 (``index.faiss.OnDiskIVF``), so memory holds one block, not the index.
 
@@ -51,16 +51,30 @@ from searchpipe.stages.base import Stage
 #: 384-d vectors for IVF,Flat, 2.4M for IVF,PQ48
 ON_DISK_BLOCK = 128 << 20
 BLOCKS_DIR = "ivf-blocks"  # inside the staging folder; merged and removed before commit
-ADD_ROWS = 65_536  # rows an IVF/PQ build adds at a time, read back from the staged vectors.arrow
 TRAIN_SEED = 0
 
 
-def training_sample(vectors: pa.ChunkedArray, size: int) -> np.ndarray:
-    """``size`` rows drawn without replacement (seed ``TRAIN_SEED``), in row order: a
-    corpus sorted by topic or source trains the same centroids as a shuffled one would."""
-    n = len(vectors)
-    picked = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=min(size, n), replace=False))
-    return arrow_to_vectors(vectors.take(pa.array(picked)))
+def stored_vectors(path: Path) -> Iterator[np.ndarray]:
+    """A ``vectors.arrow``'s embeddings, one record batch at a time (read, not memory-mapped,
+    so that memory holds one batch however large the file)."""
+    import pyarrow.ipc as ipc
+
+    with pa.OSFile(str(path)) as f:
+        reader = ipc.open_file(f)
+        for i in range(reader.num_record_batches):
+            yield arrow_to_vectors(reader.get_batch(i).column(C.EMBEDDING))
+
+
+def training_sample(batches: Iterable[np.ndarray], rows: int, size: int) -> np.ndarray:
+    """``size`` of ``rows`` rows drawn without replacement (seed ``TRAIN_SEED``), in row
+    order: a corpus sorted by topic or source trains the centroids a shuffled one would."""
+    picked = np.sort(np.random.default_rng(TRAIN_SEED).choice(rows, min(size, rows), replace=False))
+    parts, offset = [], 0
+    for vectors in batches:
+        lo, hi = np.searchsorted(picked, [offset, offset + len(vectors)])
+        parts.append(vectors[picked[lo:hi] - offset])
+        offset += len(vectors)
+    return np.concatenate(parts)
 
 
 class BuildIndex(Stage):
@@ -156,13 +170,14 @@ class BuildIndex(Stage):
             if need_training:  # IVF/PQ: train on a seeded sample of all rows, then add them all
                 if rows == 0:
                     raise InputError("nothing to index: the corpus is empty")
-                kept_rows = ipc.open_file(pa.memory_map(str(writer.path(VECTORS_FILE)))).read_all()
-                stored = kept_rows.column(C.EMBEDDING)
-                train(index, self.factory, training_sample(stored, train_size(self.factory, rows)))
-                for chunk in stored.chunks:
-                    for start in range(0, len(chunk), ADD_ROWS):
-                        sink.add(arrow_to_vectors(chunk.slice(start, ADD_ROWS)))
-                del kept_rows, stored
+                stored = writer.path(VECTORS_FILE)
+                sample = training_sample(
+                    stored_vectors(stored), rows, train_size(self.factory, rows)
+                )
+                train(index, self.factory, sample)
+                del sample
+                for vectors in stored_vectors(stored):
+                    sink.add(vectors)
             if isinstance(sink, OnDiskIVF):
                 index = sink.merge(writer.path(IVFDATA_FILE))
             extra: dict[str, Any] = {}
