@@ -87,7 +87,7 @@ def compare(
             f"{unit}_per_s": round(n / t, 1), "vs_st_fp32": round(t_base / t, 3), **q,
             "passes_gate": bool(q["quality"] >= gate),
         }  # fmt: skip
-    passing = {k: v for k, v in table.items() if k != "ours" and v["passes_gate"]}
+    passing = {k: v for k, v in table.items() if not k.startswith("ours") and v["passes_gate"]}
     best = max(passing, key=lambda k: passing[k][f"{unit}_per_s"])
     ours = table["ours"]
     log(f"{part}: " + ", ".join(f"{k} {v[f'{unit}_per_s']}/s" for k, v in table.items()))
@@ -183,6 +183,7 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
     from peers import rerank_peers
 
     from searchpipe.api import Searcher
+    from searchpipe.errors import InputError
     from searchpipe.models.crossencoder import CrossEncoderScorer
 
     index = scifact_index(home)
@@ -200,6 +201,11 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
     ours = CrossEncoderScorer(reranker, precision="auto", max_length=max_length, device="cpu")
     peers = rerank_peers(reranker, max_length)
     systems = {"ours": lambda c: ours.score(c[0], c[1]), **available(peers, "rerank")}
+    try:  # our stage with its optional OpenVINO forward (--rerank-backend openvino)
+        ov = CrossEncoderScorer(reranker, max_length=max_length, device="cpu", backend="openvino")
+        systems["ours-openvino"] = lambda c: ov.score(c[0], c[1])
+    except InputError as e:
+        log(f"rerank: ours-openvino unavailable ({e})")
     # chunks of 10 queries x 20 candidates, as a batch search would send them
     chunks = [(q_text[i : i + 200], doc_text[i : i + 200]) for i in range(0, len(q_text), 200)]
     for fn in systems.values():
@@ -216,6 +222,17 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
         "rerank_unavailable_peers": {k: v for k, v in peers.items() if isinstance(v, str)},
     }
     result["rerank_spearman"] = result["rerank_systems"]["ours"]["quality"]
+    if "ours-openvino" in result["rerank_systems"]:
+        row = result["rerank_systems"]["ours-openvino"]
+        peer = result["rerank_systems"][result["rerank_best_peer"]]
+        result.update(
+            rerank_openvino_backend_pairs_per_s=row["pairs_per_s"],
+            rerank_openvino_backend_spearman=row["quality"],
+            rerank_openvino_backend_vs_best_peer=round(row["pairs_per_s"] / peer["pairs_per_s"], 3),
+            rerank_openvino_backend_vs_ours=round(
+                row["pairs_per_s"] / result["rerank_systems"]["ours"]["pairs_per_s"], 3
+            ),
+        )
     # one query's 20 candidates, as the query path reranks them: ours and the best peer
     # alternating on the same 20 pairs, p50 of each
     best = systems[result["rerank_best_peer"]]

@@ -202,6 +202,11 @@ class SearchSettings(StrictModel):
     rerank_batch_tokens: int = Field(
         TOKEN_BUDGET, ge=64, description="Most padded tokens per reranker forward pass."
     )
+    rerank_backend: Literal["torch", "openvino"] = Field(
+        "torch",
+        description="Engine of the reranker's forward: torch (our fused path) or openvino "
+        "(CPU only; pip install 'searchpipe[openvino]').",
+    )
     precision: Precision = "auto"
     device: Device = Field(
         "auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda."

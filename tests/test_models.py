@@ -111,3 +111,27 @@ def test_cross_encoder_needs_one_logit(tmp_path: Path) -> None:
     model.save(str(tmp_path / "three"))
     with pytest.raises(InputError, match="one-logit head"):
         CrossEncoderScorer(str(tmp_path / "three"))
+
+
+def test_openvino_backend_scores_as_the_torch_path(cross_encoder_dir: Path) -> None:
+    """--rerank-backend openvino: the same network compiled by OpenVINO, behind our own
+    tokenization and batching, scores each pair as sentence-transformers' CrossEncoder does
+    (f32), with the same truncation count; in bf16 (where the CPU has it) the order holds."""
+    from scipy.stats import spearmanr
+
+    queries = [q for q in TEXTS for _ in TEXTS]
+    docs = [d for _ in TEXTS for d in TEXTS]
+    theirs = CrossEncoder(str(cross_encoder_dir), device="cpu").predict(
+        list(zip(queries, docs, strict=True))
+    )
+    ov = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32", backend="openvino")
+    assert ov.identity()["backend"] == "openvino"
+    assert np.abs(ov.score(queries, docs) - theirs).max() < 1e-4
+    torch_path = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32")
+    torch_path.score(queries, docs)
+    assert ov.truncated == torch_path.truncated > 0
+    if precision_mod.resolve_precision("auto") == "bf16":
+        bf16 = CrossEncoderScorer(str(cross_encoder_dir), precision="bf16", backend="openvino")
+        assert spearmanr(bf16.score(queries, docs), theirs).statistic > 0.99
+    with pytest.raises(InputError, match="not one of torch, openvino"):
+        CrossEncoderScorer(str(cross_encoder_dir), backend="onnx")

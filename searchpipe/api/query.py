@@ -108,6 +108,7 @@ def query_stages(
             blend=s.rerank_blend,
             fusion=s.rerank_fusion,
             device=s.device,
+            backend=s.rerank_backend,
         )
     depth = candidate_depth(s, rerank.depth if rerank else 0)
     by_document = index.chunked and not s.passages

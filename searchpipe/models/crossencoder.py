@@ -2,7 +2,8 @@
 
 Same treatment as the bi-encoder: pairs tokenized once, length-sorted token-budget batches,
 bf16 weights where native, a BERT network run as our fused encoder (``models.inference``),
-``torch.inference_mode``. Pairs longer than the model's maximum length are truncated
+``torch.inference_mode``; or the forward compiled by OpenVINO (``backend="openvino"``,
+``models.openvino``). Pairs longer than the model's maximum length are truncated
 (longest side first, as sentence-transformers does) and counted in ``truncated``, so
 callers can report it.
 """
@@ -26,6 +27,8 @@ from searchpipe.timing import timed
 
 #: in a reranker folder we trained: how to use it, as measured on its dev slice
 USAGE_FILE = "searchpipe_rerank.json"
+#: engines of the forward: our fused path (or the model's own torch network), or OpenVINO
+BACKENDS = ("torch", "openvino")
 
 
 def rerank_usage(folder: str | Path) -> dict[str, Any] | None:
@@ -65,8 +68,12 @@ class CrossEncoderScorer:
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",
+        backend: str = "torch",
     ) -> None:
         from sentence_transformers import CrossEncoder
+
+        if backend not in BACKENDS:
+            raise InputError(f"rerank backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
@@ -104,8 +111,19 @@ class CrossEncoderScorer:
         self.max_length = max_length or min(saved, positions)
         self.truncated = 0
         self.activation = ce.activation_fn
-        # only a lone Transformer module: anything after it would be skipped by the body
-        self.body = transformer_body(ce, dtype, device, token_budget) if len(ce) == 1 else None
+        self.backend = backend
+        self.body: Any = None
+        if backend == "openvino":
+            if device != "cpu" or len(ce) != 1:
+                raise InputError(
+                    f"rerank backend 'openvino' runs a lone transformer network on the CPU "
+                    f"(here: device {device}, {len(ce)} modules); use --rerank-backend torch"
+                )
+            from searchpipe.models.openvino import OpenVINOBody
+
+            self.body = OpenVINOBody(ce.model, self.precision)
+        elif len(ce) == 1:  # only a lone Transformer module: anything after it would be skipped
+            self.body = transformer_body(ce, dtype, device, token_budget)
         self.model = None if self.body is not None else ce.to(dtype)
 
     def identity(self) -> dict[str, Any]:
@@ -113,6 +131,7 @@ class CrossEncoderScorer:
             "name": self.ref.name,
             "weights_sha256": self.ref.weights_sha256,
             "max_length": self.max_length,
+            **({"backend": self.backend} if self.backend != "torch" else {}),
         }
 
     def tokenize(self, queries: list[str], docs: list[str]) -> Packed:

@@ -111,6 +111,9 @@ class RerankSettings(IndexedSettings):
     )
     precision: Precision = "auto"
     device: Device = Field("auto", description="auto (CUDA when present), cpu or cuda.")
+    backend: Literal["torch", "openvino"] = Field(
+        "torch", description="Engine of the forward: torch, or openvino (CPU only)."
+    )
 
 
 class CutSettings(StrictModel):
@@ -304,7 +307,7 @@ def _rerank(s: RerankSettings, ctx: Context) -> list[Stage]:
     index = ctx.open_index(s.index, "rerank")
     rerank = Rerank(
         s.model, index, s.depth, s.precision, s.batch_tokens, s.max_length, s.blend, s.fusion,
-        s.device,
+        s.device, s.backend,
     )  # fmt: skip
     if s.queries is None:
         return [rerank]

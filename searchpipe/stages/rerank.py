@@ -91,6 +91,7 @@ class Rerank(Stage):
         blend: float | None = None,
         fusion: str | None = None,
         device: str = "auto",
+        backend: str = "torch",
     ) -> None:
         if fusion not in (None, "rrf", "score"):
             raise InputError(f"rerank fusion {fusion!r} is not one of rrf, score")
@@ -121,6 +122,7 @@ class Rerank(Stage):
         self.token_budget = token_budget
         self.max_length = max_length
         self.device = device
+        self.backend = backend
         self.pairs = 0
 
     def open(self) -> None:
@@ -131,6 +133,7 @@ class Rerank(Stage):
                 token_budget=self.token_budget,
                 max_length=self.max_length,
                 device=self.device,
+                backend=self.backend,
             )
 
     def settings(self) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class Rerank(Stage):
             "blend": self.blend,
             "fusion": self.fusion,
             "skip": self.skip,
+            **({"backend": self.backend} if self.backend != "torch" else {}),
         }
 
     @property
