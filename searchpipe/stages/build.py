@@ -4,9 +4,9 @@ The stream is consumed once: doc store rows and vectors are appended to Arrow IP
 they arrive, and vectors added to FAISS, so memory holds one batch. IVF/PQ factories, which
 must be trained before vectors are added, are trained once the stream ends, on a seeded
 random sample of all rows read back from the staged ``vectors.arrow``, and then add them
-from it, one batch at a time. With ``on_disk`` an IVF
-index is built in blocks written to disk as they fill and merged into one inverted-list file
-(``index.faiss.OnDiskIVF``), so memory holds one block, not the index.
+from it, one batch at a time. With ``on_disk`` an IVF index is built in blocks written to
+disk as they fill and merged into one inverted-list file (``index.faiss.OnDiskIVF``), so
+memory holds one block, not the index.
 
 Rows are passages (``stages.chunk``); rows of documents that were not chunked are stored as
 one passage each. Beside the doc store, ``vectors.arrow`` keeps each row's embedding and its
