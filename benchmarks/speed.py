@@ -101,6 +101,22 @@ def compare(
     }
 
 
+def backend_keys(result: dict[str, Any], part: str, unit: str) -> dict[str, Any]:
+    """``{part}_openvino_backend_*``: our stage on its OpenVINO forward, against the fastest
+    peer and against our torch path (empty when OpenVINO is not installed)."""
+    table = result[f"{part}_systems"]
+    if "ours-openvino" not in table:
+        return {}
+    rate = table["ours-openvino"][f"{unit}_per_s"]
+    best = table[result[f"{part}_best_peer"]][f"{unit}_per_s"]
+    return {
+        f"{part}_openvino_backend_{unit}_per_s": rate,
+        f"{part}_openvino_backend_quality": table["ours-openvino"]["quality"],
+        f"{part}_openvino_backend_vs_best_peer": round(rate / best, 3),
+        f"{part}_openvino_backend_vs_ours": round(rate / table["ours"][f"{unit}_per_s"], 3),
+    }
+
+
 def available(peers: dict[str, Any], part: str) -> dict[str, Any]:
     for name, peer in peers.items():
         if isinstance(peer, str):
@@ -122,6 +138,7 @@ def spearman_quality(base: np.ndarray, other: np.ndarray) -> dict[str, Any]:
 def bench_embed(quick: bool) -> dict[str, Any]:
     from peers import embed_peers
 
+    from searchpipe.errors import InputError
     from searchpipe.models.biencoder import BiEncoder
     from searchpipe.models.precision import cpu_kernels
 
@@ -131,6 +148,10 @@ def bench_embed(quick: bool) -> dict[str, Any]:
     ours = BiEncoder("minilm", precision="auto", device="cpu")
     peers = embed_peers(str(ours.ref.path))
     systems = {"ours": ours.encode, **available(peers, "embed")}
+    try:  # our embedder with its optional OpenVINO forward (--backend openvino)
+        systems["ours-openvino"] = BiEncoder("minilm", device="cpu", backend="openvino").encode
+    except InputError as e:
+        log(f"embed: ours-openvino unavailable ({e})")
     for fn in systems.values():
         fn(texts[:16])  # warm-up: first-call allocation, OpenVINO's compile
     chunks = [texts[i : i + 256] for i in range(0, len(texts), 256)]
@@ -145,6 +166,7 @@ def bench_embed(quick: bool) -> dict[str, Any]:
     result["embed_cosine"] = result["embed_systems"]["ours"]["quality"]
     result["embed_cosine_min"] = result["embed_systems"]["ours"]["cosine_min"]
     result["embed_unavailable_peers"] = {k: v for k, v in peers.items() if isinstance(v, str)}
+    result.update(backend_keys(result, "embed", "docs"))
     if not quick:
         base, mine = (np.concatenate(runs[k][1]) for k in ("st-fp32", "ours"))
         queries = scifact_test_queries()
@@ -222,17 +244,7 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
         "rerank_unavailable_peers": {k: v for k, v in peers.items() if isinstance(v, str)},
     }
     result["rerank_spearman"] = result["rerank_systems"]["ours"]["quality"]
-    if "ours-openvino" in result["rerank_systems"]:
-        row = result["rerank_systems"]["ours-openvino"]
-        peer = result["rerank_systems"][result["rerank_best_peer"]]
-        result.update(
-            rerank_openvino_backend_pairs_per_s=row["pairs_per_s"],
-            rerank_openvino_backend_spearman=row["quality"],
-            rerank_openvino_backend_vs_best_peer=round(row["pairs_per_s"] / peer["pairs_per_s"], 3),
-            rerank_openvino_backend_vs_ours=round(
-                row["pairs_per_s"] / result["rerank_systems"]["ours"]["pairs_per_s"], 3
-            ),
-        )
+    result.update(backend_keys(result, "rerank", "pairs"))
     # one query's 20 candidates, as the query path reranks them: ours and the best peer
     # alternating on the same 20 pairs, p50 of each
     best = systems[result["rerank_best_peer"]]

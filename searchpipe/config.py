@@ -55,6 +55,11 @@ class IndexConfig(StrictModel):
     device: Device = Field(
         "auto", description="Where models run: auto (CUDA when present, else CPU), cpu, cuda."
     )
+    backend: Literal["torch", "openvino"] = Field(
+        "torch",
+        description="Engine of the embedder's forward: torch (our fused path) or openvino "
+        "(CPU only; pip install 'searchpipe[openvino]').",
+    )
     target_recall: float = Field(
         0.95, gt=0, le=1, description="ANN indexes are tuned to reach this recall@10."
     )

@@ -135,3 +135,18 @@ def test_openvino_backend_scores_as_the_torch_path(cross_encoder_dir: Path) -> N
         assert spearmanr(bf16.score(queries, docs), theirs).statistic > 0.99
     with pytest.raises(InputError, match="not one of torch, openvino"):
         CrossEncoderScorer(str(cross_encoder_dir), backend="onnx")
+
+
+def test_openvino_embed_backend_embeds_as_the_torch_path() -> None:
+    """--backend openvino for the embedder: our BERT body compiled by OpenVINO, pooling and
+    normalisation as sentence-transformers defines them; the embeddings of texts of every
+    length (one truncated) match sentence-transformers' fp32 ones."""
+    theirs = SentenceTransformer(str(resolve_model("minilm").path), device="cpu").encode(TEXTS)
+    ov = BiEncoder("minilm", precision="fp32", backend="openvino")
+    ours = ov.encode(TEXTS)
+    cosine = (ours * theirs).sum(1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() > 0.99999 and ov.truncated == 1
+    assert ov.identity()["backend"] == "openvino"
+    if precision_mod.resolve_precision("auto") == "bf16":
+        bf16 = BiEncoder("minilm", precision="bf16", backend="openvino").encode(TEXTS)
+        assert ((bf16 * theirs).sum(1) / np.linalg.norm(theirs, axis=1)).min() > 0.999

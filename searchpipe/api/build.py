@@ -64,6 +64,7 @@ def build_index(
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,
         device=cfg.device,
+        backend=cfg.backend,
     )
     Pipeline([ingest, embed]).check()
     embed.open()

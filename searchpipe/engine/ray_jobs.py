@@ -283,6 +283,7 @@ class RayEmbedJob(RayShardJob):
             "token_budget": embed.token_budget,
             "batch_size": embed.batch_size,
             "max_length": embed.max_length,
+            "backend": embed.backend,
         }
         kwargs = {"embed": settings, "identity": embed.encoder.identity()}
         fingerprint = embed.fingerprint("")  # the model and its settings

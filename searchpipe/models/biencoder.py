@@ -43,6 +43,10 @@ def quiet_transformers() -> None:
         pass
 
 
+#: engines of the forward: our fused path (or the model's own torch network), or OpenVINO
+BACKENDS = ("torch", "openvino")
+
+
 class BiEncoder:
     """Embed texts with a sentence-transformers model folder.
 
@@ -59,9 +63,13 @@ class BiEncoder:
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",
+        backend: str = "torch",
     ) -> None:
         import torch
         from sentence_transformers import SentenceTransformer
+
+        if backend not in BACKENDS:
+            raise InputError(f"embed backend {backend!r} is not one of {', '.join(BACKENDS)}")
 
         quiet_transformers()
         self.ref = model if isinstance(model, ModelRef) else resolve_model(model)
@@ -93,7 +101,17 @@ class BiEncoder:
         self.truncated = 0  # texts cut at max_length so far
         # a BERT body runs as our fused encoder and the modules after it (pooling,
         # normalisation, dense) as sentence-transformers defines them; others run as loaded
-        self.body = transformer_body(st, dtype, device, token_budget)
+        self.backend = backend
+        self.body: Any = transformer_body(st, dtype, device, token_budget)
+        if backend == "openvino":
+            if device != "cpu" or self.body is None:
+                raise InputError(
+                    f"embed backend 'openvino' runs a BERT body on the CPU (here: device "
+                    f"{device}, {type(st[0]).__name__}); use --backend torch"
+                )
+            from searchpipe.models.openvino import OpenVINOBody
+
+            self.body = OpenVINOBody(st[0].auto_model, self.precision, "embedder")
         self.head = torch.nn.Sequential(*list(st)[1:]) if self.body is not None else None
         self.model = None if self.body is not None else st.to(dtype)
         torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -114,6 +132,7 @@ class BiEncoder:
             "normalize": self.normalize,
             "dim": self.dim,
             "max_length": self.max_length,
+            **({"backend": self.backend} if self.backend != "torch" else {}),
         }
 
     def tokenize(self, texts: list[str]) -> Packed:

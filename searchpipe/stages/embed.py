@@ -35,6 +35,7 @@ class Embed(Stage):
         batch_size: int = 256,
         max_length: int | None = None,
         device: str = "auto",
+        backend: str = "torch",
     ) -> None:
         self.model_name = model if isinstance(model, str) else model.ref.name
         self.encoder = model if isinstance(model, BiEncoder) else None
@@ -45,6 +46,7 @@ class Embed(Stage):
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = device
+        self.backend = backend
 
     def open(self) -> None:
         if self.encoder is None:
@@ -55,6 +57,7 @@ class Embed(Stage):
                 batch_size=self.batch_size,
                 max_length=self.max_length,
                 device=self.device,
+                backend=self.backend,
             )
 
     def settings(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class Embed(Stage):
             "model": self.model_name,
             "fields": self.fields,
             "precision": self.precision,
+            **({"backend": self.backend} if self.backend != "torch" else {}),
         }
         if self.encoder is not None:
             s.update(identity=self.encoder.identity(), precision=self.encoder.precision)

@@ -67,6 +67,9 @@ class EmbedSettings(StrictModel):
     token_budget: int = Field(
         TOKEN_BUDGET, ge=64, description="Most padded tokens per forward pass."
     )
+    backend: Literal["torch", "openvino"] = Field(
+        "torch", description="Engine of the forward: torch, or openvino (CPU only)."
+    )
 
 
 class RetrieveSettings(StrictModel):
@@ -239,7 +242,16 @@ def _embed(s: EmbedSettings, ctx: Context) -> list[Stage]:
 
     fields = tuple(s.fields)
     return [
-        Embed(s.model, fields, s.precision, s.token_budget, s.batch_size, s.max_length, s.device)
+        Embed(
+            s.model,
+            fields,
+            s.precision,
+            s.token_budget,
+            s.batch_size,
+            s.max_length,
+            s.device,
+            s.backend,
+        )  # fmt: skip
     ]
 
 
