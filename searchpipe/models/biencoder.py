@@ -19,6 +19,7 @@ from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.inference import transformer_body
+from searchpipe.models.openvino import BACKENDS
 from searchpipe.models.precision import compute_dtype, resolve_device, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
@@ -41,10 +42,6 @@ def quiet_transformers() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-
-
-#: engines of the forward: our fused path (or the model's own torch network), or OpenVINO
-BACKENDS = ("torch", "openvino")
 
 
 class BiEncoder:

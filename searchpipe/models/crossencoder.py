@@ -21,14 +21,13 @@ from searchpipe.errors import InputError, RunError
 from searchpipe.models.batching import Packed, iter_batches
 from searchpipe.models.biencoder import quiet_transformers
 from searchpipe.models.inference import transformer_body
+from searchpipe.models.openvino import BACKENDS
 from searchpipe.models.precision import compute_dtype, resolve_device, resolve_precision
 from searchpipe.models.resolve import ModelRef, resolve_model
 from searchpipe.timing import timed
 
 #: in a reranker folder we trained: how to use it, as measured on its dev slice
 USAGE_FILE = "searchpipe_rerank.json"
-#: engines of the forward: our fused path (or the model's own torch network), or OpenVINO
-BACKENDS = ("torch", "openvino")
 
 
 def rerank_usage(folder: str | Path) -> dict[str, Any] | None:

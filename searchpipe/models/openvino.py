@@ -20,6 +20,8 @@ from typing import Any
 from searchpipe.errors import InputError, RunError
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: engines of a model's forward: our fused path (or the model's own torch network), or OpenVINO
+BACKENDS = ("torch", "openvino")
 
 
 class OpenVINOBody:
