@@ -799,7 +799,7 @@ def pairs_per_second(model: Any, queries: list[str], docs: list[str], bf16: bool
     net = model.model
     was_training = net.training
     enc = model.tokenizer(
-        queries, docs, truncation=True, max_length=model.max_length, padding=True,
+        queries, docs, truncation=True, max_length=model.max_seq_length, padding=True,
         return_tensors="pt",
     )  # fmt: skip
     enc = {k: v.to(net.device) for k, v in enc.items()}
