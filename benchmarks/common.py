@@ -15,7 +15,6 @@ SHARED = ROOT.parent / "shared" / "data"
 CACHE = ROOT / "benchmarks" / ".cache"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def need(path: Path) -> Path:

@@ -285,8 +285,8 @@ def test_queries_from_another_process_during_rebuilds(tmp_path: Path) -> None:
         _, brows = index.bm25.search(texts, 5)
         return [
             {
-                "dense": rows_to_doc_ids(index.docs, rows[q]).to_pylist(),
-                "bm25": rows_to_doc_ids(index.docs, brows[q][brows[q] >= 0]).to_pylist(),
+                "dense": rows_to_doc_ids(index, rows[q]).to_pylist(),
+                "bm25": rows_to_doc_ids(index, brows[q][brows[q] >= 0]).to_pylist(),
             }
             for q in range(len(texts))
         ]

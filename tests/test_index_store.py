@@ -450,3 +450,33 @@ def test_an_open_index_keeps_answering_after_its_version_is_removed(tmp_path: Pa
     np.testing.assert_array_equal(reader.search(text_vectors(texts[:5]), 3)[1], dense_before)
     np.testing.assert_array_equal(reader.bm25.search(texts[:5], 3)[1], lexical_before)
     assert reader.docs.column(C.DOC_ID).to_pylist() == ids  # memory-mapped, still readable
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 6), min_size=1, max_size=6),
+    picks=st.lists(st.integers(0, 10_000), max_size=30),
+)
+def test_row_taker_takes_what_arrow_takes(sizes: list[int], picks: list[int]) -> None:
+    """``RowTaker`` (per-batch takes, as the doc store is read) gives ``pa.Table.take``'s rows
+    in the asked order, repeats included, of every column or of the ones named."""
+    from searchpipe.arrow import RowTaker
+
+    start = np.cumsum([0, *sizes])
+    schema = pa.schema([("id", pa.string()), ("n", pa.int64())])
+    table = pa.Table.from_batches(
+        [
+            pa.record_batch([[f"d{i}" for i in range(a, b)], list(range(a, b))], schema=schema)
+            for a, b in zip(start[:-1], start[1:], strict=True)
+        ],
+        schema,
+    )
+    taker = RowTaker(table)
+    if table.num_rows == 0:
+        assert taker.take([]).num_rows == 0
+        return
+    rows = [p % table.num_rows for p in picks]
+    assert taker.take(rows).to_pylist() == table.take(pa.array(rows, pa.int64())).to_pylist()
+    assert taker.take(np.array(rows), ("n",)).column_names == ["n"]
+    with pytest.raises(IndexError, match="out of range"):
+        taker.take([table.num_rows])

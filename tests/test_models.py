@@ -106,6 +106,28 @@ def test_cross_encoder_scores_equal_predict(cross_encoder_dir: Path) -> None:
     assert ours.truncated == 1
 
 
+def test_cross_encoder_pairs_are_cut_as_sentence_transformers_cuts_them(
+    cross_encoder_dir: Path,
+) -> None:
+    """One tokenizer pass gives the ids that the tokenizer with ``longest_first`` truncation
+    gives, and counts a pair as cut only when it was longer than the maximum: pairs one
+    token under, at and over it, a long query against a short document, and both long."""
+    ours = CrossEncoderScorer(str(cross_encoder_dir), precision="fp32", max_length=32)
+    tok = ours.tokenizer
+    queries = ["bat"] * 3 + ["why " * 40, "why " * 40, ""]
+    docs = ["cave " * 27, "cave " * 28, "cave " * 29, "caves are dark", "dark " * 50, "x " * 40]
+    whole = [len(ids) for ids in tok(queries, docs, truncation=False)["input_ids"]]
+    assert whole[:3] == [31, 32, 33]  # under, at and over the maximum
+    oracle = tok(queries, docs, truncation="longest_first", max_length=32)
+    packed = ours.tokenize(queries, docs)
+    for i, (ids, types) in enumerate(
+        zip(oracle["input_ids"], oracle["token_type_ids"], strict=True)
+    ):
+        span = slice(packed.starts[i], packed.starts[i] + packed.lengths[i])
+        assert packed.ids[span].tolist() == ids and packed.types[span].tolist() == types
+    assert ours.truncated == sum(n > 32 for n in whole) == 4
+
+
 def test_cross_encoder_needs_one_logit(tmp_path: Path) -> None:
     model = CrossEncoder(str(resolve_model("minilm").path), num_labels=3, device="cpu")
     model.save(str(tmp_path / "three"))

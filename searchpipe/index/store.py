@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from searchpipe import columns as C
-from searchpipe.arrow import joined_text
+from searchpipe.arrow import RowTaker, joined_text
 from searchpipe.errors import InputError, RunError
 from searchpipe.files import file_digest, fsync_dir, fsync_file
 
@@ -175,6 +175,7 @@ class Index:
     #: over a filter's few allowed rows
     vectors: pa.Table | None = None
     _metadata: pa.Table | None = field(default=None, repr=False)
+    _taker: RowTaker | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, name: str | Path, index_root: str | Path | None = None) -> Index:
@@ -265,13 +266,22 @@ class Index:
         """Whether some document is split into several passages (rows)."""
         return len(self) > self.documents
 
+    def take(
+        self, rows: pa.Array | np.ndarray | list[int], columns: tuple[str, ...] = ()
+    ) -> pa.Table:
+        """Doc store rows ``rows`` (of ``columns`` only, if given) as a one-batch table, at a
+        cost in the rows taken, not in the store's size (``arrow.RowTaker``)."""
+        if self._taker is None:
+            self._taker = RowTaker(self.docs)
+        return self._taker.take(rows, columns)
+
     def texts(self, rows: Iterable[int]) -> dict[int, str]:
         """The text the models see for each doc store row: title and text joined, as the
         embed and rerank stages join them."""
         wanted = sorted({int(r) for r in rows})
         if not wanted:
             return {}
-        docs = self.docs.take(pa.array(wanted, pa.int64())).combine_chunks()
+        docs = self.take(wanted, (C.TITLE, C.TEXT))
         return dict(zip(wanted, joined_text(docs.to_batches()[0], (C.TITLE, C.TEXT)), strict=True))
 
     def check_encoder(self, identity: dict[str, Any]) -> None:
@@ -563,9 +573,9 @@ def _root(name: str | Path, index_root: str | Path | None) -> Path:
     return index_dir(index_root) / check_name(str(name))
 
 
-def rows_to_doc_ids(docs: pa.Table, rows: np.ndarray) -> pa.Array:
-    """Doc ids of doc store rows (a zero-copy ``take`` on the memory-mapped store)."""
-    return docs.column(C.DOC_ID).take(pa.array(rows.reshape(-1), pa.int64())).combine_chunks()
+def rows_to_doc_ids(index: Index, rows: np.ndarray) -> pa.Array:
+    """Doc ids of doc store rows."""
+    return index.take(rows.reshape(-1), (C.DOC_ID,)).column(0).combine_chunks()
 
 
 def _selector_params(faiss_index: Any, rows: np.ndarray, fraction: float = 1.0) -> Any:

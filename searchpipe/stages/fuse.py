@@ -121,7 +121,7 @@ class Fuse(Stage):
             C.RANK,
             *(f"{n}_score" for n in names),
         )
-        self.docs = retrievers[0].index.docs  # type: ignore[attr-defined]
+        self.index = retrievers[0].index  # type: ignore[attr-defined]
 
     def output_columns(self, available: set[str]) -> set[str]:
         return set(self.provides)
@@ -163,7 +163,7 @@ class Fuse(Stage):
         columns = [
             batch.column(C.QUERY_ID).take(take),
             batch.column(C.TEXT).take(take),
-            self.docs.column(C.DOC_ID).take(doc_rows).combine_chunks(),
+            self.index.take(doc_rows, (C.DOC_ID,)).column(0).combine_chunks(),
             doc_rows,
             pa.array(fused.astype(np.float32)),
             pa.array(rank),

@@ -179,13 +179,9 @@ class Rerank(Stage):
         assert self.scorer is not None
         ranks = batch.column(C.RANK).to_numpy(zero_copy_only=False)
         head = np.flatnonzero(ranks <= self.depth)
-        doc_rows = pc.take(batch.column(C.DOC_ROW), pa.array(head))
-        docs = self.index.docs.take(doc_rows)
-        doc_text = (
-            joined_text(docs.combine_chunks().to_batches()[0], (C.TITLE, C.TEXT))
-            if len(head)
-            else []
-        )
+        doc_rows = batch.column(C.DOC_ROW).to_numpy(zero_copy_only=False)[head]
+        docs = self.index.take(doc_rows, (C.TITLE, C.TEXT))
+        doc_text = joined_text(docs.to_batches()[0], (C.TITLE, C.TEXT)) if len(head) else []
         queries = pc.take(batch.column(C.QUERY_TEXT), pa.array(head)).to_pylist()
         scores = self.scorer.score(queries, doc_text)
         self.pairs += len(head)

@@ -37,7 +37,7 @@ HITS_SCHEMA = pa.schema(
 
 
 def hits_batch(
-    batch: pa.RecordBatch, scores: np.ndarray, rows: np.ndarray, docs: pa.Table
+    batch: pa.RecordBatch, scores: np.ndarray, rows: np.ndarray, index: Index
 ) -> pa.RecordBatch:
     """Long-format hits from (n, k) ``scores``/``rows`` of the n queries in ``batch``."""
     n, k = rows.shape
@@ -51,7 +51,7 @@ def hits_batch(
         [
             batch.column(C.QUERY_ID).take(take),
             batch.column(C.TEXT).take(take),
-            docs.column(C.DOC_ID).take(doc_rows).combine_chunks(),
+            index.take(doc_rows, (C.DOC_ID,)).column(0).combine_chunks(),
             doc_rows,
             pa.array(scores[valid].astype(np.float32)),
             pa.array(ranks),
@@ -95,7 +95,7 @@ class Retrieve(Stage):
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             scores, rows = self.search(batch)
-            yield hits_batch(batch, scores, rows, self.index.docs)
+            yield hits_batch(batch, scores, rows, self.index)
 
 
 class RetrieveBM25(Retrieve):

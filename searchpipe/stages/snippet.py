@@ -80,7 +80,7 @@ class Snippet(Stage):
 
     def process(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            docs = self.index.docs.take(batch.column(C.DOC_ROW)).combine_chunks()
+            docs = self.index.take(batch.column(C.DOC_ROW), tuple(self.provides[:-1]))
             for name in self.provides[:-1]:
                 batch = append_column(batch, name, docs.column(name).combine_chunks())
             spans = [

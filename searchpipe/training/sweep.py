@@ -107,8 +107,8 @@ class FirstStage:
             )
         scores = np.asarray(scores)
         if self.chunked:  # each document once, as its best passage (hits come best first)
-            docs = self.index.docs.column(C.DOC_ID).take(pa.array(rows, pa.int64()))
-            keep = best_passages(pa.array(q), docs.combine_chunks(), np.arange(len(q)))
+            docs = self.index.take(rows, (C.DOC_ID,)).column(0).combine_chunks()
+            keep = best_passages(pa.array(q), docs, np.arange(len(q)))
             q, rows, scores = [q[i] for i in keep], rows[keep], scores[keep]
         ranked: dict[str, list[int]] = {}
         scored: dict[str, list[float]] = {}

@@ -22,9 +22,9 @@ from searchpipe.index.store import Index, rows_to_doc_ids
 def answer(root: Path, vector: np.ndarray, text: str) -> dict:
     index = Index.open(root)
     _, rows = index.search(vector[None, :], 5)
-    dense = rows_to_doc_ids(index.docs, rows[0]).to_pylist()
+    dense = rows_to_doc_ids(index, rows[0]).to_pylist()
     _, brows = index.bm25.search([text], 5)
-    lexical = rows_to_doc_ids(index.docs, brows[0][brows[0] >= 0]).to_pylist()
+    lexical = rows_to_doc_ids(index, brows[0][brows[0] >= 0]).to_pylist()
     return {"version": index.manifest["version"], "dense": dense, "bm25": lexical}
 
 
