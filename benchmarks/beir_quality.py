@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     key: v.get(key)
                     for key in (
                         "seconds", "train_seconds", "steps", "train_rows", "rows_per_second",
-                        "pairs_per_second", "texts_per_second", "dev_best", "budget", "usage",
+                        "pairs_per_second", "texts_per_second", "dev_best", "dev_init", "kept", "budget", "usage",
                         "stopped_on_time_at",
                     )
                 }

@@ -164,7 +164,7 @@ def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Pat
 
     data, _ = tiny
     out = tmp_path / "embedder"
-    train_embedder(
+    summary = train_embedder(
         EmbedderTrainConfig(
             data=data, output=out, index="tiny", max_steps=2, batch_size=4, max_length=32, lr=1e-3,
             eval_queries=2, eval_depth=3, mining=MiningConfig(depth=5, negatives=1), progress=False,
@@ -176,7 +176,57 @@ def test_short_embedder_training_writes_a_folder_index_loads(tiny, tmp_path: Pat
     texts = ["honey bees dance", "planets orbit the sun"]
     v = ours.encode(texts)
     assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-3)
-    assert np.abs(v - base.encode(texts)).max() > 1e-4
+    # the folder holds the trained weights, or the init's where dev ranked the init higher
+    changed = bool(np.abs(v - base.encode(texts)).max() > 1e-4)
+    assert changed == (summary["kept"] == "trained"), summary
+    assert summary["dev_init"] is not None
+
+
+def test_an_embedder_that_loses_to_its_init_on_dev_leaves_the_init_in_its_folder(
+    tiny, tmp_path: Path
+) -> None:
+    """A learning rate far too high wrecks MiniLM in a few steps; the dev check at step 0
+    saw the init do better, so the folder holds the init's weights, and the CLI says so."""
+    from click.testing import CliRunner
+
+    from searchpipe.cli import main
+    from searchpipe.models.resolve import resolve_model
+
+    data, _ = tiny
+    out = tmp_path / "wrecked"
+    result = CliRunner().invoke(
+        main,
+        [
+            "train", "embedder", "--data", str(data), "--output", str(out), "--index", "tiny",
+            "--max-steps", "4", "--batch-size", "4", "--max-length", "32", "--lr", "0.05",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "the embedder folder holds its init: training did not beat" in result.output
+    summary = json.loads((out / "searchpipe_train.json").read_text())
+    assert summary["kept"] == "init", summary
+    assert summary["dev_best"] <= summary["dev_init"] + 0.002
+    assert not _body_changed(out, resolve_model("minilm").path)
+
+
+def test_keep_init_keeps_the_trained_embedder_only_for_a_dev_gain() -> None:
+    from types import SimpleNamespace
+
+    from searchpipe.training.train import keep_init
+
+    def trainer(history: list[dict[str, float]]) -> SimpleNamespace:
+        return SimpleNamespace(
+            args=SimpleNamespace(metric_for_best_model="eval_dev_ndcg@10"),
+            state=SimpleNamespace(log_history=history),
+        )
+
+    start = [{"step": 0, "eval_dev_ndcg@10": 0.70}, {"step": 5, "eval_dev_ndcg@10": 0.75}]
+    assert keep_init(trainer(start), 0.75)["kept"] == "trained"
+    assert keep_init(trainer(start), 0.701)["kept"] == "init"  # within MIN_GAIN: not a gain
+    assert keep_init(trainer(start), 0.65)["kept"] == "init"
+    assert keep_init(trainer(start[1:]), 0.75) == {
+        "dev_init": None, "kept": "trained", "verdict": "no dev check of the init",
+    }  # fmt: skip
 
 
 def test_tune_writes_a_valid_search_config(tiny, tmp_path: Path) -> None:

@@ -89,6 +89,10 @@ def _report(summary: dict[str, Any], as_json: bool) -> None:
             else "is saved as 'do not rerank': it would make the ranking worse"
         )
         click.echo(f"the reranker {verdict}: {usage['reason']}")
+    if summary.get("kept") == "init":
+        click.echo(f"the embedder folder holds its init: {summary['verdict']}")
+    elif summary.get("dev_init") is not None:
+        click.echo(f"the embedder beat its init: {summary['verdict']}")
 
 
 @click.group("train")

@@ -65,12 +65,14 @@ class OpenVINOBody:
                 f"OpenVINO could not convert the {what} ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:160]}); use the torch backend"
             ) from None
-        config = {
+        #: the converted network and how it is compiled (``benchmarks/int8.py`` quantizes it)
+        self.network = converted
+        self.config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
         }
-        self.compiled = ov.Core().compile_model(converted, "CPU", config)
+        self.compiled = ov.Core().compile_model(converted, "CPU", self.config)
         self.precision = precision
 
     def __call__(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:

@@ -1185,6 +1185,7 @@ def train_embedder(
         batch_sampler=BatchSamplers.NO_DUPLICATES,
         metric_for_best_model="eval_dev_ndcg@10",
         greater_is_better=True,
+        eval_on_start=True,  # the model it starts from, on the same dev check (``keep_init``)
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=train, loss=loss, evaluator=evaluator
@@ -1200,4 +1201,43 @@ def train_embedder(
     summary = _fit(trainer, model, cfg, prep, t0, "embedder")
     summary["budget"] = budget
     summary["texts_per_second"] = round(summary["rows_per_second"] * (2 + n_neg), 2)
+    summary.update(keep_init(trainer, summary["dev_best"]))
+    if summary["kept"] == "init":
+        init = SentenceTransformer(str(ref.path), device="cpu", local_files_only=True)
+        init.max_seq_length = cfg.max_length
+        init.save(str(cfg.output))
+        log.warning("embedder: %s", summary["verdict"])
+    (Path(cfg.output) / "searchpipe_train.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def keep_init(trainer: Any, best: float | None) -> dict[str, Any]:
+    """Whether the trained embedder beat the model it started from on the dev check (the
+    trainer's check at step 0, ``eval_on_start``) by more than ``MIN_GAIN``; if not, the init
+    is what the output folder should hold, so that training never hands back an embedder that
+    dev ranks below the zero-shot one.
+
+    The check is the trainer's: each dev query's positives among its first-stage candidates.
+    """
+    from searchpipe.training.sweep import MIN_GAIN
+
+    metric = trainer.args.metric_for_best_model
+    start = [e[metric] for e in trainer.state.log_history if e.get("step") == 0 and metric in e]
+    if not start or best is None:
+        return {"dev_init": None, "kept": "trained", "verdict": "no dev check of the init"}
+    init = float(start[0])
+    if best > init + MIN_GAIN:
+        return {
+            "dev_init": round(init, 6),
+            "kept": "trained",
+            "verdict": f"dev nDCG@10 {best:.4f} against the init's {init:.4f}",
+        }
+    return {
+        "dev_init": round(init, 6),
+        "kept": "init",
+        "verdict": (
+            f"training did not beat the model it started from on dev (best {best:.4f} against "
+            f"{init:.4f}, needed more than +{MIN_GAIN}), so the folder holds the init unchanged; "
+            "try more data, another learning rate or more steps"
+        ),
+    }
