@@ -1206,7 +1206,7 @@ def train_embedder(
         init = SentenceTransformer(str(ref.path), device="cpu", local_files_only=True)
         init.max_seq_length = cfg.max_length
         init.save(str(cfg.output))
-        log.warning("embedder: %s", summary["verdict"])
+        log.info("embedder: %s", summary["verdict"])
     (Path(cfg.output) / "searchpipe_train.json").write_text(json.dumps(summary, indent=2))
     return summary
 
