@@ -27,8 +27,8 @@ import tempfile
 from typing import Any
 
 import numpy as np
-from common import emit, log, rotate
-from speed import CACHE, scifact_docs, scifact_index, scifact_test_queries
+from common import CACHE, emit, log, rotate
+from speed import scifact_docs, scifact_index, scifact_test_queries
 
 EMBED_GATE = 0.999
 RERANK_GATE = 0.999

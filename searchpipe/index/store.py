@@ -573,9 +573,9 @@ def _root(name: str | Path, index_root: str | Path | None) -> Path:
     return index_dir(index_root) / check_name(str(name))
 
 
-def rows_to_doc_ids(index: Index, rows: np.ndarray) -> pa.Array:
-    """Doc ids of doc store rows."""
-    return index.take(rows.reshape(-1), (C.DOC_ID,)).column(0).combine_chunks()
+def rows_to_doc_ids(index: Index, rows: np.ndarray | pa.Array) -> pa.Array:
+    """Doc ids of doc store rows, in their order."""
+    return index.take(rows, (C.DOC_ID,)).column(0).combine_chunks()
 
 
 def _selector_params(faiss_index: Any, rows: np.ndarray, fraction: float = 1.0) -> Any:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from searchpipe import columns as C
 from searchpipe.errors import InputError
+from searchpipe.index.store import rows_to_doc_ids
 from searchpipe.stages.base import Source, Stage
 
 METHODS = ("rrf", "weighted")
@@ -163,7 +164,7 @@ class Fuse(Stage):
         columns = [
             batch.column(C.QUERY_ID).take(take),
             batch.column(C.TEXT).take(take),
-            self.index.take(doc_rows, (C.DOC_ID,)).column(0).combine_chunks(),
+            rows_to_doc_ids(self.index, rows),
             doc_rows,
             pa.array(fused.astype(np.float32)),
             pa.array(rank),

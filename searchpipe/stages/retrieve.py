@@ -18,6 +18,7 @@ from searchpipe.arrow import arrow_to_vectors
 from searchpipe.errors import InputError
 from searchpipe.index import Index
 from searchpipe.index.layout import BM25_DIR
+from searchpipe.index.store import rows_to_doc_ids
 from searchpipe.stages.base import Stage
 from searchpipe.timing import timed
 
@@ -51,7 +52,7 @@ def hits_batch(
         [
             batch.column(C.QUERY_ID).take(take),
             batch.column(C.TEXT).take(take),
-            index.take(doc_rows, (C.DOC_ID,)).column(0).combine_chunks(),
+            rows_to_doc_ids(index, flat_rows),
             doc_rows,
             pa.array(scores[valid].astype(np.float32)),
             pa.array(ranks),

@@ -26,6 +26,7 @@ import pyarrow as pa
 from searchpipe import columns as C
 from searchpipe.errors import InputError
 from searchpipe.eval.compare import selection_p
+from searchpipe.index.store import rows_to_doc_ids
 
 log = logging.getLogger("searchpipe")
 
@@ -107,7 +108,7 @@ class FirstStage:
             )
         scores = np.asarray(scores)
         if self.chunked:  # each document once, as its best passage (hits come best first)
-            docs = self.index.take(rows, (C.DOC_ID,)).column(0).combine_chunks()
+            docs = rows_to_doc_ids(self.index, rows)
             keep = best_passages(pa.array(q), docs, np.arange(len(q)))
             q, rows, scores = [q[i] for i in keep], rows[keep], scores[keep]
         ranked: dict[str, list[int]] = {}
