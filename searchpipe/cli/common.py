@@ -40,7 +40,8 @@ def describe_compute(c: dict[str, Any] | None) -> str:
     if not c:
         return "not recorded (built before searchpipe recorded it)"
     threads = f", {c['threads']} threads" if c.get("threads") else ""
-    return f"{c['device']}: {c['name']}, {c['path']}{threads}"
+    attention = f", attention: {c['attention']}" if c.get("attention") else ""
+    return f"{c['device']}: {c['name']}, {c['path']}{threads}{attention}"
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:

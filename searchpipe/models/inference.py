@@ -5,7 +5,8 @@ its meaning of tokenizer, pooling, normalisation and score activation. When the 
 is BERT, we swap it for this module: the weights move exactly into our ``TransformerEncoder``
 (``bert_io.from_transformers``) and run here. Per layer, on CPU:
 
-- one GEMM for query/key/value (our fused ``qkv``), attention by PyTorch's flash kernel;
+- one GEMM for query/key/value (our fused ``qkv``), attention read straight from it by our
+  AVX-512 kernel where that is the faster (``models.attention``), else PyTorch's flash kernel;
 - the attention output projection with the residual add fused into the GEMM (oneDNN post-op);
 - the intermediate projection with exact (erf) GELU fused into the GEMM;
 - the output projection with its residual add fused, then LayerNorm.
@@ -28,6 +29,7 @@ from torch import nn
 
 from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
+from searchpipe.models import attention
 from searchpipe.models.encoder import (
     Block,
     SequenceClassifier,
@@ -131,6 +133,9 @@ class InferenceEncoder:
         self.layers = [
             Layer.of(cast(Block, block), dtype, fused, rows_hint) for block in encoder.layers
         ]
+        heads, d_model = self.config.n_heads, self.config.d_model
+        #: "kernel" (ours, where it runs and measured faster here) or "sdpa" (PyTorch's)
+        self.attention = attention.choose(dtype, heads, d_model // heads, device)
 
     @torch.inference_mode()
     def __call__(
@@ -147,11 +152,13 @@ class InferenceEncoder:
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         D = x.shape[-1]
         mask = padding_mask(attention_mask)
+        lengths = prefix_lengths(attention_mask, B, T) if self.attention == "kernel" else None
         for layer in self.layers:
             qkv = layer.qkv(x).view(B, T, 3, H, D // H)  # (B, T, 3, H, Dh)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, T, Dh)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, T, Dh)
-            y = y.transpose(1, 2).reshape(B, T, D)  # (B, T, D)
+            if lengths is not None:
+                y = attention.attention(qkv, lengths)  # (B, T, D)
+            else:
+                y = attention.sdpa(qkv, mask)  # (B, T, D)
             x = layer.attention_norm(layer.dense.add(y, x))  # (B, T, D)
             x = layer.output_norm(layer.output.add(layer.intermediate(x, "gelu"), x))
         return x
@@ -168,6 +175,16 @@ class InferenceEncoder:
             raise RunError("this encoder was built without a classification head")
         hidden = self(input_ids, attention_mask, token_type_ids)
         return self.classifier(self.pooler(hidden))
+
+
+def prefix_lengths(attention_mask: torch.Tensor | None, B: int, T: int) -> torch.Tensor | None:
+    """Real tokens per row (B,) when every row is real tokens then padding (as our tokenizers
+    pad), else None: the attention kernel masks by length, not by an arbitrary mask."""
+    if attention_mask is None:
+        return torch.full((B,), T, dtype=torch.int64)
+    lengths = attention_mask.sum(1, dtype=torch.int64)  # (B,)
+    prefix = torch.arange(T, device=attention_mask.device)[None, :] < lengths[:, None]
+    return lengths if torch.equal(prefix, attention_mask.bool()) else None
 
 
 def transformer_body(
