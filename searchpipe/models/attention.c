@@ -225,6 +225,12 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
     if (Dh % 32 != 0 || Dh > 256 || T < 1) return -1;
     const int64_t esz = bf16 ? 2 : 4, row = 3 * H * Dh, orow = H * Dh;
     const int64_t lpmax = (T + JT - 1) / JT * JT;
+#if defined(__AVX512BF16__)
+    /* word i of the pair-interleaved value rows: a[i/2] for even i, b[i/2] for odd (+32) */
+    uint16_t order[64];
+    for (int i = 0; i < 64; i++) order[i] = (uint16_t)((i % 32) / 2 + (i >= 32 ? 16 : 0) + (i % 2 ? 32 : 0));
+    const __m512i lo = _mm512_loadu_si512(order), hi = _mm512_loadu_si512(order + 32);
+#endif
 #pragma omp parallel num_threads(threads)
     {
         float *kt = aligned_alloc(64, (size_t)(Dh * lpmax) * sizeof(float));
@@ -247,14 +253,21 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
             char *dst = (char *)out + (b * T * orow + h * Dh) * esz;
 #if defined(__AVX512BF16__)
             if (bf16) {
-                for (int64_t j = 0; j < lp; j++) {
-                    const uint16_t *k = (const uint16_t *)(base + (j * row + H * Dh) * 2);
-                    const uint16_t *vv = (const uint16_t *)(base + (j * row + 2 * H * Dh) * 2);
-                    for (int64_t d = 0; d < Dh; d++) {
-                        kb[((d / 2) * lp + j) * 2 + d % 2] = j < L ? k[d] : 0;
-                        vb[((j / 2) * Dh + d) * 2 + j % 2] = j < L ? vv[d] : 0;
-                    }
+                uint32_t *kp32 = (uint32_t *)kb; /* (k[j][d], k[j][d+1]) pairs, transposed */
+                for (int64_t j = 0; j < L; j++) {
+                    const uint32_t *k = (const uint32_t *)(base + (j * row + H * Dh) * 2);
+                    for (int64_t dp = 0; dp < Dh / 2; dp++) kp32[dp * lp + j] = k[dp];
                 }
+                for (int64_t dp = 0; dp < Dh / 2; dp++)
+                    memset(kp32 + dp * lp + L, 0, (size_t)(lp - L) * sizeof(uint32_t));
+                for (int64_t j = 0; j < lp; j += 2) /* rows j and j+1 interleaved, 32 dims at once */
+                    for (int64_t d0 = 0; d0 < Dh; d0 += 32) {
+                        __m512i a = _mm512_setzero_si512(), b = _mm512_setzero_si512();
+                        if (j < L) a = _mm512_loadu_si512(base + (j * row + 2 * H * Dh + d0) * 2);
+                        if (j + 1 < L) b = _mm512_loadu_si512(base + ((j + 1) * row + 2 * H * Dh + d0) * 2);
+                        _mm512_store_si512(vb + (j / 2 * Dh + d0) * 2, _mm512_permutex2var_epi16(a, lo, b));
+                        _mm512_store_si512(vb + (j / 2 * Dh + d0 + 16) * 2, _mm512_permutex2var_epi16(a, hi, b));
+                    }
                 head_bf16dot(kb, vb, base, dst, L, lp, row, orow, Dh, scale, qb, s, pb);
                 for (int64_t i = L; i < T; i++) memset(dst + i * orow * 2, 0, (size_t)(Dh * 2));
                 continue;

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("attention.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-strict-aliasing", "-shared", "-fPIC", "-std=c11")
 ENV = "SEARCHPIPE_ATTENTION"  # auto (the default) | kernel | sdpa
 CHOICES = ("auto", "kernel", "sdpa")
 #: what ``choose`` decided in this process, per model shape ("bf16, 12 x 32" -> "kernel")
