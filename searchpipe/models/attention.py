@@ -162,6 +162,15 @@ def sdpa(qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return y.transpose(1, 2).reshape(B, T, H * Dh)  # (B, T, D)
 
 
+def sdpa_first(qkv: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Attention of the first position only, (B, 1, H * Dh): what a [CLS] classifier reads."""
+    B, T, _, H, Dh = qkv.shape
+    q = qkv[:, :1, 0].transpose(1, 2)  # (B, H, 1, Dh)
+    k, v = (qkv[:, :, i].transpose(1, 2) for i in (1, 2))  # 2 x (B, H, T, Dh)
+    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, Dh)
+    return y.transpose(1, 2).reshape(B, 1, H * Dh)  # (B, 1, D)
+
+
 def _timed(fn: object, reps: int = 3) -> float:
     assert callable(fn)
     fn()  # warm-up
