@@ -255,7 +255,9 @@ def test_stages_lists_every_stage_with_its_columns_and_settings() -> None:
 
 
 def test_the_shipped_configs_validate_and_the_pipeline_config_runs(indexed: Path) -> None:
+    from searchpipe.api import search
     from searchpipe.config import load_config
+    from searchpipe.eval.metrics import evaluate
 
     root = Path(__file__).resolve().parents[1] / "configs"
     assert load_config(root / "default.yaml").index.chunk_overlap == 32
@@ -263,7 +265,11 @@ def test_the_shipped_configs_validate_and_the_pipeline_config_runs(indexed: Path
     job["pipeline"][-1] = {"write": {"path": str(indexed / "run.jsonl")}}
     (indexed / "p.yaml").write_text(yaml.safe_dump(job).replace("../", f"{root.parent}/"))
     result = json.loads(cli("run", indexed / "p.yaml", "--json"))
-    assert result["eval"]["ndcg@10"] == pytest.approx(0.7822, abs=1e-4)  # the demo's figure
+    # the demo's search (hybrid, k 10) through the API scores the same
+    search(index="sample", queries=QUERIES, output=indexed / "demo.arrow", k=10)
+    demo = evaluate(indexed / "demo.arrow", SAMPLE / "qrels.tsv")
+    assert result["eval"]["ndcg@10"] == pytest.approx(demo["ndcg@10"], abs=1e-9)
+    assert result["eval"]["ndcg@10"] >= 0.76  # measured 0.782-0.793 (bf16 kernels differ)
     hit = json.loads((indexed / "run.jsonl").read_text().splitlines()[0])
     assert hit["title"] and hit["highlights"] is not None
 

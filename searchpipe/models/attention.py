@@ -9,8 +9,10 @@ The kernel is compiled on first use by the machine's C compiler with ``-march=na
 ``$XDG_CACHE_HOME/searchpipe/kernels/`` (the file name hashes the source, the compiler, its
 flags and the CPU, so a cache shared by different CPUs never runs a foreign build), and
 linked against the OpenMP runtime torch already loaded, so both share one thread pool. The
-kernel is used where it pays: the first encoder of a process in a given dtype and head size
-times both kernels on a (8, 256) batch and keeps the faster (``choose``). On a CPU without
+kernel is used where it pays: the first encoder in a given dtype, head count and head size
+times both kernels on a (8, 256) batch and keeps the faster (``choose``); the choice is
+recorded beside the compiled kernel, so every later process on the machine makes the same
+one and an index and its queries are embedded by the same arithmetic. On a CPU without
 AVX-512, without a C compiler, for head sizes that are not a multiple of 32, or on a GPU,
 PyTorch's kernel runs. ``SEARCHPIPE_ATTENTION=sdpa`` or ``=kernel`` overrides the choice.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -206,6 +209,16 @@ def _choose(dtype: torch.dtype, n_heads: int, head_dim: int, device: str) -> str
         return "sdpa"
     if wanted == "kernel":
         return "kernel"
+    # the first timing on this machine decides for every later process: an index and its
+    # queries are then embedded by the same arithmetic, whichever process runs them
+    record = Path(library()[1] + ".choices.json")
+    shape = f"{dtype}, {n_heads} x {head_dim}, {torch.get_num_threads()} threads"
+    try:
+        known = json.loads(record.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get(shape) in ("kernel", "sdpa"):
+        return str(known[shape])
     gen = torch.Generator().manual_seed(0)
     qkv = torch.randn((8, 256, 3, n_heads, head_dim), generator=gen).to(dtype)
     lengths = torch.tensor([256, 256, 240, 200, 180, 160, 128, 100])
@@ -215,9 +228,15 @@ def _choose(dtype: torch.dtype, n_heads: int, head_dim: int, device: str) -> str
         theirs = _timed(lambda: sdpa(qkv, mask))
     choice = "kernel" if ours < theirs else "sdpa"
     log.info(
-        "attention (%s, %d heads of %d): kernel %.1f ms, PyTorch %.1f ms on (8, 256): %s",
-        dtype, n_heads, head_dim, 1000 * ours, 1000 * theirs, choice,
+        "attention (%s): kernel %.1f ms, PyTorch %.1f ms on (8, 256): %s (recorded in %s)",
+        shape, 1000 * ours, 1000 * theirs, choice, record,
     )  # fmt: skip
+    tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({**known, shape: choice}, indent=1))
+        os.replace(tmp, record)
+    except OSError as e:  # a read-only cache: the choice holds for this process only
+        log.info("attention: could not record the choice in %s (%s)", record, e)
     return choice
 
 
