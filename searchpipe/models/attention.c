@@ -71,6 +71,57 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
+/* acc[r] += sum_t a[r * as + t] * b[t * bs .. + 32] for r < QB, t < n: the register block
+ * behind both q.k (a = queries, b = transposed keys) and p.v (a = weights, b = values) */
+static inline void tile_f32(__m512 acc[QB][2], const float *a, int64_t as, const float *b,
+                            int64_t bs, int64_t n) {
+#pragma GCC unroll 6
+    for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t++) {
+        __m512 b0 = _mm512_load_ps(b + t * bs), b1 = _mm512_load_ps(b + t * bs + 16);
+#pragma GCC unroll 6
+        for (int r = 0; r < QB; r++) {
+            __m512 x = _mm512_set1_ps(a[r * as + t]);
+            acc[r][0] = _mm512_fmadd_ps(x, b0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(x, b1, acc[r][1]);
+        }
+    }
+}
+
+#if defined(__AVX512BF16__)
+/* the same on bf16 pairs: a holds (x[t], x[t+1]) pairs as 32-bit words, b 32 pairs a row */
+static inline void tile_bf16(__m512 acc[QB][2], const uint32_t *a, int64_t as, const uint16_t *b,
+                             int64_t bs, int64_t n) {
+#pragma GCC unroll 6
+    for (int r = 0; r < QB; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < n; t++) {
+        __m512bh b0 = (__m512bh)_mm512_load_si512(b + t * bs);
+        __m512bh b1 = (__m512bh)_mm512_load_si512(b + t * bs + 32);
+#pragma GCC unroll 6
+        for (int r = 0; r < QB; r++) {
+            __m512bh x = (__m512bh)_mm512_set1_epi32((int)a[r * as + t]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], x, b0);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], x, b1);
+        }
+    }
+}
+#endif
+
+/* one query's scores over its L real keys (of lp): e^(s - max) in place, the padded keys
+ * set to ~0; returns 1 / the sum */
+static inline float softmax_row(float *sr, int64_t L, int64_t lp) {
+    for (int64_t j = L; j < lp; j++) sr[j] = -1e30f;
+    __m512 m = _mm512_set1_ps(-1e30f);
+    for (int64_t j = 0; j < lp; j += 16) m = _mm512_max_ps(m, _mm512_load_ps(sr + j));
+    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m)), sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < lp; j += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(sr + j), mx));
+        _mm512_store_ps(sr + j, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
 /* one (row, head): keys and values already widened into kt (Dh, lp) and v (lp, Dh) */
 static void head(const float *kt, const float *v, const char *qkv, char *out, int64_t L,
                  int64_t lp, int64_t T, int64_t row, int64_t orow, int64_t Dh, int64_t esz,
@@ -86,18 +137,7 @@ static void head(const float *kt, const float *v, const char *qkv, char *out, in
             }
         for (int64_t j0 = 0; j0 < lp; j0 += JT) { /* scores: s[r][j] = q_r . k_j */
             __m512 a[QB][2];
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-            for (int64_t d = 0; d < Dh; d++) {
-                __m512 k0 = _mm512_load_ps(kt + d * lp + j0);
-                __m512 k1 = _mm512_load_ps(kt + d * lp + j0 + 16);
-#pragma GCC unroll 6
-                for (int r = 0; r < QB; r++) {
-                    __m512 qd = _mm512_set1_ps(q[r * Dh + d]);
-                    a[r][0] = _mm512_fmadd_ps(qd, k0, a[r][0]);
-                    a[r][1] = _mm512_fmadd_ps(qd, k1, a[r][1]);
-                }
-            }
+            tile_f32(a, q, Dh, kt + j0, lp, Dh);
 #pragma GCC unroll 6
             for (int r = 0; r < QB; r++) {
                 _mm512_store_ps(s + r * lp + j0, a[r][0]);
@@ -105,32 +145,10 @@ static void head(const float *kt, const float *v, const char *qkv, char *out, in
             }
         }
         float inv[QB];
-        for (int64_t r = 0; r < QB; r++) { /* softmax over the L real keys */
-            float *sr = s + r * lp;
-            for (int64_t j = L; j < lp; j++) sr[j] = -1e30f;
-            __m512 m = _mm512_set1_ps(-1e30f);
-            for (int64_t j = 0; j < lp; j += 16) m = _mm512_max_ps(m, _mm512_load_ps(sr + j));
-            __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m)), sum = _mm512_setzero_ps();
-            for (int64_t j = 0; j < lp; j += 16) {
-                __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(sr + j), mx));
-                _mm512_store_ps(sr + j, e);
-                sum = _mm512_add_ps(sum, e);
-            }
-            inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
-        }
+        for (int64_t r = 0; r < QB; r++) inv[r] = softmax_row(s + r * lp, L, lp);
         for (int64_t d0 = 0; d0 < Dh; d0 += 32) { /* out_r = sum_j p[r][j] v_j, 32 dims at once */
             __m512 o[QB][2];
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) o[r][0] = o[r][1] = _mm512_setzero_ps();
-            for (int64_t j = 0; j < L; j++) {
-                __m512 v0 = _mm512_load_ps(v + j * Dh + d0), v1 = _mm512_load_ps(v + j * Dh + d0 + 16);
-#pragma GCC unroll 6
-                for (int r = 0; r < QB; r++) {
-                    __m512 p = _mm512_set1_ps(s[r * lp + j]);
-                    o[r][0] = _mm512_fmadd_ps(p, v0, o[r][0]);
-                    o[r][1] = _mm512_fmadd_ps(p, v1, o[r][1]);
-                }
-            }
+            tile_f32(o, s, lp, v + d0, Dh, L);
             for (int64_t r = 0; r < nr; r++) {
                 char *dst = out + ((i0 + r) * orow + d0) * esz;
                 __m512 w = _mm512_set1_ps(inv[r]);
@@ -160,18 +178,7 @@ static void head_bf16dot(const uint16_t *kp, const uint16_t *vp, const char *qkv
         const uint32_t *q2 = (const uint32_t *)q; /* (q[d], q[d+1]) pairs */
         for (int64_t j0 = 0; j0 < lp; j0 += JT) {
             __m512 a[QB][2];
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
-            for (int64_t dp = 0; dp < Dh / 2; dp++) {
-                __m512bh k0 = (__m512bh)_mm512_load_si512(kp + (dp * lp + j0) * 2);
-                __m512bh k1 = (__m512bh)_mm512_load_si512(kp + (dp * lp + j0 + 16) * 2);
-#pragma GCC unroll 6
-                for (int r = 0; r < QB; r++) {
-                    __m512bh qd = (__m512bh)_mm512_set1_epi32((int)q2[r * Dh / 2 + dp]);
-                    a[r][0] = _mm512_dpbf16_ps(a[r][0], qd, k0);
-                    a[r][1] = _mm512_dpbf16_ps(a[r][1], qd, k1);
-                }
-            }
+            tile_bf16(a, q2, Dh / 2, kp + j0 * 2, lp * 2, Dh / 2);
 #pragma GCC unroll 6
             for (int r = 0; r < QB; r++) {
                 _mm512_store_ps(s + r * lp + j0, _mm512_mul_ps(a[r][0], sc));
@@ -181,33 +188,16 @@ static void head_bf16dot(const uint16_t *kp, const uint16_t *vp, const char *qkv
         float inv[QB];
         for (int64_t r = 0; r < QB; r++) {
             float *sr = s + r * lp;
-            for (int64_t j = L; j < lp; j++) sr[j] = -1e30f;
-            __m512 m = _mm512_set1_ps(-1e30f);
-            for (int64_t j = 0; j < lp; j += 16) m = _mm512_max_ps(m, _mm512_load_ps(sr + j));
-            __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m)), sum = _mm512_setzero_ps();
-            for (int64_t j = 0; j < lp; j += 16) {
-                __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(sr + j), mx));
-                _mm256_store_si256((__m256i *)(pb + r * lp + j), (__m256i)_mm512_cvtneps_pbh(e));
-                sum = _mm512_add_ps(sum, e);
-            }
-            inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
+            inv[r] = softmax_row(sr, L, lp);
+            for (int64_t j = 0; j < lp; j += 16) /* the weights in bf16, for p.v */
+                _mm256_store_si256((__m256i *)(pb + r * lp + j),
+                                   (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(sr + j)));
         }
         const uint32_t *p2 = (const uint32_t *)pb; /* (p[j], p[j+1]) pairs */
         const int64_t pairs = (L + 1) / 2;
         for (int64_t d0 = 0; d0 < Dh; d0 += 32) {
             __m512 o[QB][2];
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) o[r][0] = o[r][1] = _mm512_setzero_ps();
-            for (int64_t jp = 0; jp < pairs; jp++) {
-                __m512bh v0 = (__m512bh)_mm512_load_si512(vp + (jp * Dh + d0) * 2);
-                __m512bh v1 = (__m512bh)_mm512_load_si512(vp + (jp * Dh + d0 + 16) * 2);
-#pragma GCC unroll 6
-                for (int r = 0; r < QB; r++) {
-                    __m512bh p = (__m512bh)_mm512_set1_epi32((int)p2[r * lp / 2 + jp]);
-                    o[r][0] = _mm512_dpbf16_ps(o[r][0], p, v0);
-                    o[r][1] = _mm512_dpbf16_ps(o[r][1], p, v1);
-                }
-            }
+            tile_bf16(o, p2, lp / 2, vp + d0 * 2, Dh * 2, pairs);
             for (int64_t r = 0; r < nr; r++) {
                 char *dst = out + ((i0 + r) * orow + d0) * 2;
                 __m512 w = _mm512_set1_ps(inv[r]);
