@@ -108,6 +108,7 @@ def library() -> tuple[ctypes.CDLL | None, str]:
             ]
         )
     ).hexdigest()[:16]
+    error: str | None = None
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "searchpipe-kernels"):
         target = folder / f"attention-{key}.so"
         if not target.is_file():
@@ -118,14 +119,19 @@ def library() -> tuple[ctypes.CDLL | None, str]:
             if error:
                 log.info("attention kernel: %s", error)
                 continue
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError as e:  # e.g. a folder mounted noexec
+            error = f"cannot load {target}: {e}"
+            log.info("attention kernel: %s", error)
+            continue
         fn = lib.searchpipe_attention
         fn.restype = ctypes.c_int
         fn.argtypes = (
             [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4 + [ctypes.c_float] + [ctypes.c_int] * 2
         )
         return lib, str(target)
-    return None, "the kernel could not be compiled (SEARCHPIPE_DEBUG=1 logs why)"
+    return None, f"the kernel could not be built or loaded ({error})"
 
 
 def supported(dtype: torch.dtype, head_dim: int, device: str = "cpu") -> bool:
@@ -249,8 +255,9 @@ def why_not() -> str:
 def summary() -> str:
     """The attention path for ``info`` and ``bench``: what this process chose per model shape,
     or, before any model loaded, whether the kernel can run here."""
+    reason = why_not()
     if CHOSEN:
         names = {"kernel": "searchpipe kernel", "sdpa": "PyTorch SDPA"}
-        return "; ".join(f"{names[c]} ({shape})" for shape, c in CHOSEN.items())
-    reason = why_not()
+        text = "; ".join(f"{names[c]} ({shape})" for shape, c in CHOSEN.items())
+        return f"{text}; our kernel: {reason}" if reason else text
     return "PyTorch SDPA (" + reason + ")" if reason else "searchpipe kernel where it times faster"
