@@ -8,10 +8,11 @@
  * Why not PyTorch's flash attention: at BERT-small head sizes (Dh = 32) its CPU kernel runs
  * small blocked GEMMs at under 100 GFLOP/s on an AVX512-BF16 EPYC, a third of a forward for
  * 5% of its FLOPs, and it needs q, k and v permuted to (B, H, T, Dh) and the output permuted
- * back. Here one (row, head) is one task: its keys (transposed) and values are widened to
- * fp32 once into a per-thread buffer that stays in L2, six queries at a time are scored
- * against 32 keys in twelve zmm accumulators, the softmax is exact-max with a vector exp,
- * and P.V accumulates in registers. Padded query positions are not computed (written as
+ * back. Here one (row, head) is one task: its keys (transposed) and values are copied once
+ * into a per-thread buffer that stays in L2 (as bf16 pairs for vdpbf16ps where the CPU has
+ * AVX512-BF16 and the model is bf16, else widened to fp32), six queries at a time are scored
+ * against 32 keys in twelve zmm accumulators, the softmax is exact-max in fp32 with a vector
+ * exp, and P.V accumulates in registers. Padded query positions are not computed (written as
  * zero); nothing at a real position reads them, since padded keys are masked.
  *
  * Built on first use by searchpipe.models.attention with the machine's own compiler flags
