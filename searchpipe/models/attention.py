@@ -6,8 +6,9 @@ permuted out of the fused projection and the output permuted back. ``attention.c
 the (B, T, 3, H, Dh) projection as it is, skips padded queries and writes (B, T, D).
 
 The kernel is compiled on first use by the machine's C compiler with ``-march=native`` into
-``$XDG_CACHE_HOME/searchpipe/kernels/`` (the file name hashes the source, the compiler, its
-flags and the CPU, so a cache shared by different CPUs never runs a foreign build), and
+``$XDG_CACHE_HOME/searchpipe/kernels/`` (the file name hashes the source, the flags and what
+``-march=native`` means to that compiler on this CPU, its version and ISA macros, so a cache
+shared by different CPUs never runs a foreign build), and
 linked against the OpenMP runtime torch already loaded, so both share one thread pool. The
 kernel is used where it pays: the first encoder in a given dtype, head count and head size
 times both kernels on a (8, 256) batch and keeps the faster (``choose``); the choice is
@@ -26,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -45,17 +45,6 @@ ENV = "SEARCHPIPE_ATTENTION"  # auto (the default) | kernel | sdpa
 CHOICES = ("auto", "kernel", "sdpa")
 #: what ``choose`` decided in this process, per model shape ("bf16, 12 x 32" -> "kernel")
 CHOSEN: dict[str, str] = {}
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _cache_dir() -> Path:
@@ -86,27 +75,22 @@ def _compile(cc: str, target: Path) -> str | None:
 @cache
 def library() -> tuple[ctypes.CDLL | None, str]:
     """The compiled kernel and where it lies, or None and why it cannot run here."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return None, f"not an x86-64 CPU ({platform.machine()})"
-    flags = _cpu_flags()
-    if "avx512f" not in flags:
-        return None, "this CPU has no AVX-512"
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return None, f"this CPU has no AVX-512 ({torch.backends.cpu.get_cpu_capability()})"
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
     if cc is None:
         return None, "no C compiler (cc or gcc) on PATH"
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    try:  # what -march=native means to this compiler on this CPU: its version and ISA macros
+        native = subprocess.run(
+            [cc, "-march=native", "-dM", "-E", "-"], input="", capture_output=True, text=True,
+            timeout=30,
+        )  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"{cc} could not run: {e}"
+    if "__AVX512F__" not in native.stdout:
+        return None, f"{cc} does not target AVX-512 here (-march=native)"
     key = hashlib.sha256(
-        b"\0".join(
-            [
-                SOURCE.read_bytes(),
-                version.stdout.encode(),
-                " ".join(FLAGS).encode(),
-                " ".join(sorted(flags)).encode(),
-            ]
-        )
+        b"\0".join([SOURCE.read_bytes(), native.stdout.encode(), " ".join(FLAGS).encode()])
     ).hexdigest()[:16]
     error: str | None = None
     for folder in (_cache_dir(), Path(tempfile.gettempdir()) / "searchpipe-kernels"):
