@@ -139,7 +139,7 @@ def bench_embed(quick: bool) -> dict[str, Any]:
     from peers import embed_peers
 
     from searchpipe.errors import InputError
-    from searchpipe.models import attention
+    from searchpipe.models import kernels
     from searchpipe.models.biencoder import BiEncoder
     from searchpipe.models.precision import cpu_kernels
 
@@ -162,7 +162,7 @@ def bench_embed(quick: bool) -> dict[str, Any]:
         "embed_docs": len(texts),
         "embed_precision": ours.precision,
         "embed_kernels": cpu_kernels()["path"],
-        "embed_attention": attention.summary(),
+        "embed_attention_norm": kernels.summary(),
         **compare("embed", "docs", len(texts), runs, cosine_quality, EMBED_GATE),
     }
     result["embed_cosine"] = result["embed_systems"]["ours"]["quality"]
@@ -208,7 +208,7 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
 
     from searchpipe.api import Searcher
     from searchpipe.errors import InputError
-    from searchpipe.models import attention
+    from searchpipe.models import kernels
     from searchpipe.models.crossencoder import CrossEncoderScorer
 
     index = scifact_index(home)
@@ -242,7 +242,7 @@ def bench_rerank(reranker: str, home: Path, max_length: int) -> dict[str, Any]:
         "rerank_pairs": len(q_text),
         "rerank_max_length": max_length,
         "rerank_precision": ours.precision,
-        "rerank_attention": attention.summary(),
+        "rerank_attention_norm": kernels.summary(),
         **compare("rerank", "pairs", len(q_text), runs, spearman_quality, RERANK_GATE),
         "rerank_truncated_pairs": ours.truncated,
         "rerank_unavailable_peers": {k: v for k, v in peers.items() if isinstance(v, str)},

@@ -40,8 +40,10 @@ def describe_compute(c: dict[str, Any] | None) -> str:
     if not c:
         return "not recorded (built before searchpipe recorded it)"
     threads = f", {c['threads']} threads" if c.get("threads") else ""
-    attention = f", attention: {c['attention']}" if c.get("attention") else ""
-    return f"{c['device']}: {c['name']}, {c['path']}{threads}{attention}"
+    # "attention": what indexes recorded while only attention was ours
+    ours = c.get("kernels") or c.get("attention")
+    kernels = f", attention and LayerNorm: {ours}" if ours else ""
+    return f"{c['device']}: {c['name']}, {c['path']}{threads}{kernels}"
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:

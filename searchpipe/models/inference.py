@@ -6,10 +6,11 @@ is BERT, we swap it for this module: the weights move exactly into our ``Transfo
 (``bert_io.from_transformers``) and run here. Per layer, on CPU:
 
 - one GEMM for query/key/value (our fused ``qkv``), attention read straight from it by our
-  AVX-512 kernel where that is the faster (``models.attention``), else PyTorch's flash kernel;
+  AVX-512 kernel where that is the faster (``models.kernels``), else PyTorch's flash kernel;
 - the attention output projection with the residual add fused into the GEMM (oneDNN post-op);
 - the intermediate projection with exact (erf) GELU fused into the GEMM;
-- the output projection with its residual add fused, then LayerNorm.
+- the output projection with its residual add fused, then LayerNorm (ours where our attention
+  runs, else PyTorch's).
 
 Weights are converted to the compute dtype and prepacked once into oneDNN's blocked layout.
 GELU and residual adds ride along while the GEMM output is still in cache, instead of three
@@ -21,6 +22,7 @@ to ``transformers.BertModel`` through the full bi-encoder.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Literal, NamedTuple, cast
 
 import torch
@@ -29,7 +31,7 @@ from torch import nn
 
 from searchpipe.config import TOKEN_BUDGET
 from searchpipe.errors import InputError, RunError
-from searchpipe.models import attention
+from searchpipe.models import kernels
 from searchpipe.models.encoder import (
     Block,
     SequenceClassifier,
@@ -82,28 +84,36 @@ class FusedLinear:
         return F.linear(x, self.weight, self.bias) + residual
 
 
+Norm = Callable[[torch.Tensor], torch.Tensor]  # nn.LayerNorm, or kernels.LayerNorm over it
+
+
 class Layer(NamedTuple):
     """One encoder block's parts, as the fused forward uses them."""
 
     qkv: FusedLinear
     dense: FusedLinear
-    attention_norm: nn.LayerNorm
+    attention_norm: Norm
     intermediate: FusedLinear
     output: FusedLinear
-    output_norm: nn.LayerNorm
+    output_norm: Norm
 
     @classmethod
-    def of(cls, block: Block, dtype: torch.dtype, fused: bool, rows_hint: int) -> Layer:
+    def of(
+        cls, block: Block, dtype: torch.dtype, fused: bool, rows_hint: int, our_norm: bool
+    ) -> Layer:
         def linear(lin: nn.Linear) -> FusedLinear:
             return FusedLinear(lin, dtype, fused, rows_hint)
+
+        def norm(ln: nn.LayerNorm) -> Norm:
+            return kernels.LayerNorm(ln) if our_norm else ln
 
         return cls(
             linear(block.attention.qkv),
             linear(block.attention.dense),
-            block.attention_norm,
+            norm(block.attention_norm),
             linear(block.feed_forward.intermediate),
             linear(block.feed_forward.output),
-            block.output_norm,
+            norm(block.output_norm),
         )
 
 
@@ -130,12 +140,14 @@ class InferenceEncoder:
         self.embeddings = encoder.embeddings
         self.pooler = encoder.pooler
         self.classifier = None if classifier is None else classifier.eval().to(device, dtype)
-        self.layers = [
-            Layer.of(cast(Block, block), dtype, fused, rows_hint) for block in encoder.layers
-        ]
         heads, d_model = self.config.n_heads, self.config.d_model
-        #: "kernel" (ours, where it runs and measured faster here) or "sdpa" (PyTorch's)
-        self.attention = attention.choose(dtype, heads, d_model // heads, device)
+        #: "ours" (our attention and LayerNorm, where they run and measured faster here) or
+        #: "torch" (PyTorch's SDPA and LayerNorm)
+        self.kernels = kernels.choose(dtype, heads, d_model // heads, device)
+        ours = self.kernels == "ours"
+        self.layers = [
+            Layer.of(cast(Block, block), dtype, fused, rows_hint, ours) for block in encoder.layers
+        ]
 
     @torch.inference_mode()
     def __call__(
@@ -159,17 +171,17 @@ class InferenceEncoder:
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, D)
         D = x.shape[-1]
         mask = padding_mask(attention_mask)
-        lengths = prefix_lengths(attention_mask, B, T) if self.attention == "kernel" else None
+        lengths = prefix_lengths(attention_mask, B, T) if self.kernels == "ours" else None
         last = len(self.layers) - 1
         for n, layer in enumerate(self.layers):
             qkv = layer.qkv(x).view(B, T, 3, H, D // H)  # (B, T, 3, H, Dh)
             if first_only and n == last:
-                y = attention.sdpa_first(qkv, mask)  # (B, 1, D)
+                y = kernels.sdpa_first(qkv, mask)  # (B, 1, D)
                 x = x[:, :1].contiguous()  # (B, 1, D)
             elif lengths is not None:
-                y = attention.attention(qkv, lengths)  # (B, T, D)
+                y = kernels.attention(qkv, lengths)  # (B, T, D)
             else:
-                y = attention.sdpa(qkv, mask)  # (B, T, D)
+                y = kernels.sdpa(qkv, mask)  # (B, T, D)
             x = layer.attention_norm(layer.dense.add(y, x))  # (B, T, D)
             x = layer.output_norm(layer.output.add(layer.intermediate(x, "gelu"), x))
         return x

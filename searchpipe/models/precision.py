@@ -148,7 +148,7 @@ def resolve_precision(precision: str, device: str = "cpu") -> str:
 
 def compute_summary(device: str = "auto") -> dict[str, Any]:
     """Where a model runs on this machine, for manifests, ``info`` and ``bench``: the device,
-    its name, and on a CPU the matrix path (``cpu_kernels``) and the attention kernel.
+    its name, and on a CPU the matrix path (``cpu_kernels``) and whose attention and LayerNorm run.
 
     >>> compute_summary("cpu")["device"]
     'cpu'
@@ -162,10 +162,10 @@ def compute_summary(device: str = "auto") -> dict[str, Any]:
             "name": torch.cuda.get_device_name(),
             "path": "bf16" if bf16_supported("cuda") else "fp32",
         }
-    from searchpipe.models import attention
+    from searchpipe.models import kernels
 
     k = cpu_kernels()
     return {
         "device": "cpu", "name": k["cpu"], "path": k["path"], "threads": k["threads"],
-        "attention": attention.summary(),
+        "kernels": kernels.summary(),
     }  # fmt: skip

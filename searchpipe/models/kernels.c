@@ -1,6 +1,7 @@
-/* Multi-head self-attention for one right-padded batch, read straight from the fused
- * query/key/value projection: searchpipe's CPU inference kernel for AVX-512 machines.
+/* searchpipe's CPU inference kernels for AVX-512 machines: multi-head self-attention read
+ * straight from the fused query/key/value projection, and LayerNorm.
  *
+ * searchpipe_attention, for one right-padded batch:
  *   qkv  (B, T, 3, H, Dh)  bf16 or fp32, contiguous: what the fused qkv GEMM writes
  *   out  (B, T, H, Dh)     the same dtype: (B, T, D), ready for the output projection
  *   len  (B,)              real tokens of each row; keys at or after it are padding
@@ -12,10 +13,16 @@
  * into a per-thread buffer that stays in L2 (as bf16 pairs for vdpbf16ps where the CPU has
  * AVX512-BF16 and the model is bf16, else widened to fp32), six queries at a time are scored
  * against 32 keys in twelve zmm accumulators, the softmax is exact-max in fp32 with a vector
- * exp, and P.V accumulates in registers. Padded query positions are not computed (written as
- * zero); nothing at a real position reads them, since padded keys are masked.
+ * exp2 (the scale folded with log2 e into the scores as they are written, their maximum kept
+ * on the way), and P.V accumulates in registers. Padded query positions are not computed
+ * (written as zero); nothing at a real position reads them, since padded keys are masked.
  *
- * Built on first use by searchpipe.models.attention with the machine's own compiler flags
+ * searchpipe_layer_norm: one row at a time, mean and variance in fp32 over the row held in L1
+ * (two passes, no E[x^2] - mean^2 cancellation), the result rounded once. PyTorch's CPU
+ * LayerNorm takes twice as long on bf16 (it widens and narrows through temporaries); a MiniLM
+ * forward runs twelve of them.
+ *
+ * Built on first use by searchpipe.models.kernels with the machine's own compiler flags
  * (-march=native), and only on CPUs with AVX-512; elsewhere PyTorch's kernel runs.
  */
 #include <immintrin.h>
@@ -55,21 +62,18 @@ static inline float load1(const void *p, int64_t i, int bf16) {
     return ((const float *)p)[i];
 }
 
-/* e^x for x <= 0: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by Cephes' exp2f
- * polynomial (relative error ~2e-7); x is clamped at -87, where e^x is ~1e-38 */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
-    __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+/* 2^t for t <= 0: 2^floor(t) * 2^f with f = t - floor(t) in [0, 1) (vreduceps), 2^f by a
+ * degree-5 polynomial (relative error 7.5e-8, fitted to minimise it on [0, 1)); vscalefps
+ * applies 2^floor(t) itself, so very negative t (masked keys: -1e30) give exactly 0 */
+static inline __m512 exp2_16(__m512 t) {
+    __m512 f = _mm512_reduce_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 p = _mm512_set1_ps(1.8775730952e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(8.9893377445e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5826331705e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4015360667e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315307570e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.9999992492e-1f));
+    return _mm512_scalef_ps(p, t);
 }
 
 /* acc[r] += sum_t a[r * as + t] * b[t * bs .. + 32] for r < QB, t < n: the register block
@@ -108,45 +112,68 @@ static inline void tile_bf16(__m512 acc[QB][2], const uint32_t *a, int64_t as, c
 }
 #endif
 
-/* one query's scores over its L real keys (of lp): e^(s - max) in place, the padded keys
- * set to ~0; returns 1 / the sum */
-static inline float softmax_row(float *sr, int64_t L, int64_t lp) {
-    for (int64_t j = L; j < lp; j++) sr[j] = -1e30f;
-    __m512 m = _mm512_set1_ps(-1e30f);
-    for (int64_t j = 0; j < lp; j += 16) m = _mm512_max_ps(m, _mm512_load_ps(sr + j));
-    __m512 mx = _mm512_set1_ps(_mm512_reduce_max_ps(m)), sum = _mm512_setzero_ps();
-    for (int64_t j = 0; j < lp; j += 16) {
-        __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(sr + j), mx));
-        _mm512_store_ps(sr + j, e);
-        sum = _mm512_add_ps(sum, e);
+/* one tile of scores, keys j0 .. j0 + 31 for QB queries: a * c (c = scale * log2 e, so that
+ * the softmax is a power of two) stored in s, keys at or past L set to -1e30; mx keeps each
+ * query's running maximum */
+static inline void score_tile(float *s, int64_t lp, int64_t j0, int64_t L, __m512 a[QB][2],
+                              __m512 c, __m512 mx[QB]) {
+    const int64_t n = L - j0; /* real keys in this tile, from 1 up */
+    const __mmask16 k0 = n >= 16 ? 0xFFFF : (__mmask16)((1u << n) - 1);
+    const __mmask16 k1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    const __m512 pad = _mm512_set1_ps(-1e30f);
+#pragma GCC unroll 6
+    for (int r = 0; r < QB; r++) {
+        __m512 x0 = _mm512_mask_mul_ps(pad, k0, a[r][0], c);
+        __m512 x1 = _mm512_mask_mul_ps(pad, k1, a[r][1], c);
+        _mm512_store_ps(s + r * lp + j0, x0);
+        _mm512_store_ps(s + r * lp + j0 + 16, x1);
+        mx[r] = _mm512_max_ps(mx[r], _mm512_max_ps(x0, x1));
     }
+}
+
+/* one query's softmax weights, 2^(x - max) over its lp scores, written over them in fp32, or
+ * to pb in bf16 when pb is given (the sum stays fp32, from the unrounded weights); returns
+ * 1 / the sum */
+static inline float weights(float *sr, uint16_t *pb, int64_t lp, __m512 mx) {
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < lp; j += 32) {
+        __m512 e0 = exp2_16(_mm512_sub_ps(_mm512_load_ps(sr + j), m));
+        __m512 e1 = exp2_16(_mm512_sub_ps(_mm512_load_ps(sr + j + 16), m));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(e0, e1));
+#if defined(__AVX512BF16__)
+        if (pb) {
+            _mm512_store_si512(pb + j, (__m512i)_mm512_cvtne2ps_pbh(e1, e0));
+            continue;
+        }
+#endif
+        _mm512_store_ps(sr + j, e0);
+        _mm512_store_ps(sr + j + 16, e1);
+    }
+    (void)pb;
     return 1.0f / _mm512_reduce_add_ps(sum);
 }
 
 /* one (row, head): keys and values already widened into kt (Dh, lp) and v (lp, Dh) */
 static void head(const float *kt, const float *v, const char *qkv, char *out, int64_t L,
-                 int64_t lp, int64_t T, int64_t row, int64_t orow, int64_t Dh, int64_t esz,
-                 float scale, int bf16, float *q, float *s) {
+                 int64_t lp, int64_t row, int64_t orow, int64_t Dh, int64_t esz, __m512 c,
+                 int bf16, float *q, float *s) {
     for (int64_t i0 = 0; i0 < L; i0 += QB) {
         int64_t nr = L - i0 < QB ? L - i0 : QB;
-        for (int64_t r = 0; r < QB; r++) /* scaled queries; rows past nr are zero */
-            for (int64_t d = 0; d < Dh; d += 16) {
-                __m512 x = r < nr ? _mm512_mul_ps(load16(qkv + ((i0 + r) * row + d) * esz, bf16),
-                                                  _mm512_set1_ps(scale))
-                                  : _mm512_setzero_ps();
-                _mm512_storeu_ps(q + r * Dh + d, x);
-            }
+        for (int64_t r = 0; r < QB; r++) /* queries in fp32; rows past nr are zero */
+            for (int64_t d = 0; d < Dh; d += 16)
+                _mm512_storeu_ps(q + r * Dh + d, r < nr ? load16(qkv + ((i0 + r) * row + d) * esz, bf16)
+                                                        : _mm512_setzero_ps());
+        __m512 mx[QB];
+#pragma GCC unroll 6
+        for (int r = 0; r < QB; r++) mx[r] = _mm512_set1_ps(-1e30f);
         for (int64_t j0 = 0; j0 < lp; j0 += JT) { /* scores: s[r][j] = q_r . k_j */
             __m512 a[QB][2];
             tile_f32(a, q, Dh, kt + j0, lp, Dh);
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) {
-                _mm512_store_ps(s + r * lp + j0, a[r][0]);
-                _mm512_store_ps(s + r * lp + j0 + 16, a[r][1]);
-            }
+            score_tile(s, lp, j0, L, a, c, mx);
         }
         float inv[QB];
-        for (int64_t r = 0; r < QB; r++) inv[r] = softmax_row(s + r * lp, L, lp);
+        for (int64_t r = 0; r < QB; r++) inv[r] = weights(s + r * lp, NULL, lp, mx[r]);
         for (int64_t d0 = 0; d0 < Dh; d0 += 32) { /* out_r = sum_j p[r][j] v_j, 32 dims at once */
             __m512 o[QB][2];
             tile_f32(o, s, lp, v + d0, Dh, L);
@@ -158,7 +185,6 @@ static void head(const float *kt, const float *v, const char *qkv, char *out, in
             }
         }
     }
-    (void)T;
 }
 
 #if defined(__AVX512BF16__)
@@ -168,32 +194,24 @@ static void head(const float *kt, const float *v, const char *qkv, char *out, in
  * The softmax is fp32 and its weights are rounded to bf16 for p.v, as PyTorch's bf16 flash
  * attention does; sums accumulate in fp32. */
 static void head_bf16dot(const uint16_t *kp, const uint16_t *vp, const char *qkv, char *out,
-                         int64_t L, int64_t lp, int64_t row, int64_t orow, int64_t Dh,
-                         float scale, uint16_t *q, float *s, uint16_t *pb) {
-    const __m512 sc = _mm512_set1_ps(scale);
+                         int64_t L, int64_t lp, int64_t row, int64_t orow, int64_t Dh, __m512 c,
+                         uint16_t *q, float *s, uint16_t *pb) {
     for (int64_t i0 = 0; i0 < L; i0 += QB) {
         int64_t nr = L - i0 < QB ? L - i0 : QB;
         for (int64_t r = 0; r < QB; r++) /* raw bf16 queries; rows past nr are zero */
             if (r < nr) memcpy(q + r * Dh, qkv + (i0 + r) * row * 2, (size_t)Dh * 2);
             else memset(q + r * Dh, 0, (size_t)Dh * 2);
         const uint32_t *q2 = (const uint32_t *)q; /* (q[d], q[d+1]) pairs */
+        __m512 mx[QB];
+#pragma GCC unroll 6
+        for (int r = 0; r < QB; r++) mx[r] = _mm512_set1_ps(-1e30f);
         for (int64_t j0 = 0; j0 < lp; j0 += JT) {
             __m512 a[QB][2];
             tile_bf16(a, q2, Dh / 2, kp + j0 * 2, lp * 2, Dh / 2);
-#pragma GCC unroll 6
-            for (int r = 0; r < QB; r++) {
-                _mm512_store_ps(s + r * lp + j0, _mm512_mul_ps(a[r][0], sc));
-                _mm512_store_ps(s + r * lp + j0 + 16, _mm512_mul_ps(a[r][1], sc));
-            }
+            score_tile(s, lp, j0, L, a, c, mx);
         }
         float inv[QB];
-        for (int64_t r = 0; r < QB; r++) {
-            float *sr = s + r * lp;
-            inv[r] = softmax_row(sr, L, lp);
-            for (int64_t j = 0; j < lp; j += 16) /* the weights in bf16, for p.v */
-                _mm256_store_si256((__m256i *)(pb + r * lp + j),
-                                   (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(sr + j)));
-        }
+        for (int64_t r = 0; r < QB; r++) inv[r] = weights(s + r * lp, pb + r * lp, lp, mx[r]);
         const uint32_t *p2 = (const uint32_t *)pb; /* (p[j], p[j+1]) pairs */
         const int64_t pairs = (L + 1) / 2;
         for (int64_t d0 = 0; d0 < Dh; d0 += 32) {
@@ -216,6 +234,7 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
     if (Dh % 32 != 0 || Dh > 256 || T < 1) return -1;
     const int64_t esz = bf16 ? 2 : 4, row = 3 * H * Dh, orow = H * Dh;
     const int64_t lpmax = (T + JT - 1) / JT * JT;
+    const __m512 c = _mm512_set1_ps(scale * 1.44269504088896341f); /* e^x = 2^(x log2 e) */
 #if defined(__AVX512BF16__)
     /* word i of the pair-interleaved value rows: a[i/2] for even i, b[i/2] for odd (+32) */
     uint16_t order[64];
@@ -259,7 +278,7 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
                         _mm512_store_si512(vb + (j / 2 * Dh + d0) * 2, _mm512_permutex2var_epi16(a, lo, b));
                         _mm512_store_si512(vb + (j / 2 * Dh + d0 + 16) * 2, _mm512_permutex2var_epi16(a, hi, b));
                     }
-                head_bf16dot(kb, vb, base, dst, L, lp, row, orow, Dh, scale, qb, s, pb);
+                head_bf16dot(kb, vb, base, dst, L, lp, row, orow, Dh, c, qb, s, pb);
                 for (int64_t i = L; i < T; i++) memset(dst + i * orow * 2, 0, (size_t)(Dh * 2));
                 continue;
             }
@@ -273,7 +292,7 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
                 for (int64_t d = 0; d < Dh; d++) kt[d * lp + j] = 0.0f;
                 memset(v + j * Dh, 0, (size_t)Dh * sizeof(float));
             }
-            head(kt, v, base, dst, L, lp, T, row, orow, Dh, esz, scale, bf16, q, s);
+            head(kt, v, base, dst, L, lp, row, orow, Dh, esz, c, bf16, q, s);
             for (int64_t i = L; i < T; i++) memset(dst + i * orow * esz, 0, (size_t)(Dh * esz));
         }
         free(kt);
@@ -286,6 +305,35 @@ int searchpipe_attention(const void *qkv, const int64_t *lengths, void *out, int
         free(qb);
         free(pb);
 #endif
+    }
+    return 0;
+}
+
+/* y = (x - mean) / sqrt(var + eps) * w + b over each row of D, x and y (rows, D) and w, b (D,)
+ * in the same dtype; returns 0, or -1 when D is not a multiple of 16 */
+int searchpipe_layer_norm(const void *x, const void *w, const void *b, void *y, int64_t rows,
+                          int64_t D, float eps, int bf16, int threads) {
+    if (D % 16 != 0 || D < 16) return -1;
+    const int64_t esz = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < rows; i++) {
+        const char *xr = (const char *)x + i * D * esz;
+        char *yr = (char *)y + i * D * esz;
+        __m512 sum = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) sum = _mm512_add_ps(sum, load16(xr + d * esz, bf16));
+        const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(sum) / (float)D);
+        for (int64_t d = 0; d < D; d += 16) {
+            __m512 c = _mm512_sub_ps(load16(xr + d * esz, bf16), mean);
+            sq = _mm512_fmadd_ps(c, c, sq);
+        }
+        const float var = _mm512_reduce_add_ps(sq) / (float)D;
+        const __m512 r = _mm512_set1_ps(1.0f / _mm_cvtss_f32(_mm_sqrt_ss(_mm_set_ss(var + eps))));
+        for (int64_t d = 0; d < D; d += 16) {
+            __m512 c = _mm512_mul_ps(_mm512_sub_ps(load16(xr + d * esz, bf16), mean), r);
+            __m512 o = _mm512_fmadd_ps(c, load16((const char *)w + d * esz, bf16),
+                                       load16((const char *)b + d * esz, bf16));
+            store16(yr + d * esz, o, bf16);
+        }
     }
     return 0;
 }
