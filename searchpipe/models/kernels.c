@@ -19,11 +19,11 @@
  *
  * searchpipe_layer_norm: one row at a time, mean and variance in fp32 over the row held in L1
  * (two passes, no E[x^2] - mean^2 cancellation), the result rounded once. PyTorch's CPU
- * LayerNorm takes twice as long on bf16 (it widens and narrows through temporaries); a MiniLM
+ * LayerNorm measured 1.7-2.5x slower on (8192, 384) bf16 on an AVX512-BF16 EPYC; a MiniLM
  * forward runs twelve of them.
  *
  * Built on first use by searchpipe.models.kernels with the machine's own compiler flags
- * (-march=native), and only on CPUs with AVX-512; elsewhere PyTorch's kernel runs.
+ * (-march=native), and only on CPUs with AVX-512; elsewhere PyTorch's kernels run.
  */
 #include <immintrin.h>
 #include <stdint.h>
