@@ -27,6 +27,7 @@ from searchpipe.training.train import (
     dev_split,
     hard_negatives,
     read_split,
+    set_attention_dropout,
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "searchpipe" / "data" / "sample" / "corpus.jsonl"
@@ -619,3 +620,28 @@ def test_a_budgeted_run_past_its_deadline_ends_with_a_dev_check(tiny, tmp_path: 
     assert summary["stopped_on_time_at"] == summary["steps"] >= 1
     assert summary["dev_best"] is not None  # the forced dev check ran
     assert json.loads((out / "searchpipe_train.json").read_text())["steps"] == summary["steps"]
+
+
+def test_attention_dropout_is_off_in_training_and_hidden_dropout_stays() -> None:
+    """With attention dropout 0 a BERT self-attention gives in training mode exactly what it
+    gives in eval mode (PyTorch's flash path, no mask drawn); the model's hidden-state dropout
+    is untouched; 0.1 (BERT's own) draws a mask again."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from searchpipe.models.resolve import resolve_model
+
+    model = SentenceTransformer(str(resolve_model("minilm").path), device="cpu")
+    bert = model[0].auto_model
+    assert set_attention_dropout(model, 0.0) == bert.config.num_hidden_layers
+    attention = bert.encoder.layer[0].attention.self
+    x = torch.randn(2, 9, bert.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        attention.eval()
+        expected = attention(x)[0]
+        attention.train()
+        assert torch.equal(attention(x)[0], expected)
+        assert torch.equal(attention(x)[0], expected)
+        set_attention_dropout(model, 0.1)
+        assert not torch.equal(attention(x)[0], expected)
+    assert bert.encoder.layer[0].output.dropout.p == bert.config.hidden_dropout_prob > 0
