@@ -525,24 +525,48 @@ def test_a_dev_gain_must_hold_in_a_paired_test_of_the_best_of_the_grid() -> None
 
     base = {f"q{i}": 0.5 for i in range(20)}
     everywhere = {q: 0.6 for q in base}  # better on every query: p = 2**-20 exactly
-    assert selection_p([everywhere], base, 0.1) <= 1 / 10_000 + 1e-9
+    assert selection_p([everywhere], base, 0) <= 1 / 10_000 + 1e-9
     # one query better by 0.05 (mean gain 0.0025 on 20, above MIN_GAIN): 1 of 2 sign flips
     # keeps it, so p is about a half
     one = {**base, "q0": 0.55}
-    assert 0.45 < selection_p([one], base, 0.0025) < 0.55
-    assert selection_p([base], base, 0.0) == 1.0
+    assert 0.45 < selection_p([one], base, 0) < 0.55
+    assert selection_p([base], base, 0) == 1.0
     # the best of 30 settings that are noise around the base: its plain paired p is small,
     # but the chance that the best of 30 noises gains that much is not
     rng = np.random.default_rng(1)
     noise = [{q: 0.5 + rng.normal(0, 0.1) for q in base} for _ in range(30)]
-    gains = [np.mean([c[q] - base[q] for q in base]) for c in noise]
-    best = noise[int(np.argmax(gains))]
-    plain, chosen = selection_p([best], base, max(gains)), selection_p(noise, base, max(gains))
-    assert plain < 0.05 < chosen
-    # exactly: the share of sign flips whose best mean gain reaches the observed one
     d = np.asarray([[c[q] - base[q] for q in sorted(base)] for c in noise])
+    t = d.mean(axis=1) / (d.std(axis=1, ddof=1) / np.sqrt(20))
+    best = int(np.argmax(t))
+    plain, chosen = selection_p([noise[best]], base, 0), selection_p(noise, base, best)
+    assert plain < 0.05 < chosen
+    # exactly: the share of sign flips whose largest paired t reaches the chosen one's
     signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(10_000, 20))
-    assert chosen == float(((signs @ d.T / 20).max(axis=1) >= max(gains) - 1e-12).mean())
+    flipped = signs[:, None, :] * d[None, :, :]
+    null = (flipped.mean(axis=2) / (flipped.std(axis=2, ddof=1) / np.sqrt(20))).max(axis=1)
+    assert chosen == pytest.approx(float((null >= t[best] - 1e-9 * abs(t[best])).mean()))
+
+
+def test_the_best_of_a_grid_is_judged_by_its_t_not_its_mean_gain() -> None:
+    """A steady win (+0.03 on every query, a little spread) among settings of wide noise
+    (standard deviation 0.3, as a reranker alone at depth 50 can be): the largest mean gain
+    under the null comes from the wide ones and would bury the steady win; their t does not."""
+    import numpy as np
+
+    from searchpipe.eval.compare import selection_p
+
+    rng = np.random.default_rng(7)
+    queries = [f"q{i}" for i in range(80)]
+    base = {q: 0.5 for q in queries}
+    steady = {q: 0.53 + rng.normal(0, 0.05) for q in queries}
+    wide = [{q: 0.5 + rng.normal(0, 0.3) for q in queries} for _ in range(10)]
+    p = selection_p([steady, *wide], base, 0)
+    assert p < 0.01
+    # by raw mean gains, the share of sign flips whose best mean reaches the steady gain
+    d = np.asarray([[c[q] - 0.5 for q in queries] for c in (steady, *wide)])
+    signs = np.random.default_rng(0).choice((-1.0, 1.0), size=(10_000, 80))
+    by_mean = float(((signs @ d.T / 80).max(axis=1) >= d[0].mean()).mean())
+    assert by_mean > 0.1
 
 
 def test_sweep_picks_a_reranker_only_for_a_clear_win_over_the_first_stage() -> None:
@@ -565,7 +589,7 @@ def test_sweep_picks_a_reranker_only_for_a_clear_win_over_the_first_stage() -> N
     best = int(np.argmax([r["ndcg@10"] for r in rows]))
     assert best > 0 and rows[best]["ndcg@10"] > 0.52  # the noise wins on these queries
     chosen, check = guard_rerank(rows, per_query, list(range(len(rows))), best)
-    p = selection_p(noise, base, rows[best]["ndcg@10"] - 0.5)
+    p = selection_p(noise, base, best - 1)
     assert check is not None and check["p_value"] == round(p, 4) and p >= MAX_P
     assert chosen == 0 and check["rerank"] is False and "not a clear win" in check["reason"]
     clear = [base, {q: 0.7 for q in queries}]

@@ -376,8 +376,8 @@ def guard_rerank(
         return best, None
     plain_best = _best(rows, plain)
     gain = rows[best][METRIC] - rows[plain_best][METRIC]
-    reranked = [per_query[i] for i in among if rows[i]["rerank_depth"] > 0]
-    p = selection_p(reranked, per_query[plain_best], gain)
+    reranked = [i for i in among if rows[i]["rerank_depth"] > 0]
+    p = selection_p([per_query[i] for i in reranked], per_query[plain_best], reranked.index(best))
     check: dict[str, Any] = {"gain": round(gain, 4), "p_value": round(p, 4), "rerank": True}
     if gain > MIN_GAIN and p < MAX_P:
         return best, check

@@ -74,7 +74,7 @@ def choose_usage(
     gain = best[METRIC] - first[METRIC]
     per_query = result["per_query"]
     base = per_query[rows.index(first)]
-    p = selection_p([per_query[rows.index(r)] for r in reranked], base, gain)
+    p = selection_p([per_query[rows.index(r)] for r in reranked], base, reranked.index(best))
     usage: dict[str, Any] = {
         "rerank": gain > min_gain and p < MAX_P,
         "p_value": round(p, 4),
