@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         fusion = sweep(f"{name}-ours", *dev_files(emb))["search"]  # first stage chosen on dev
         run("ours", f"{name}-ours", SearchSettings(**fusion))
         if "cascade" in wanted:
-            # on the embedder's dev slice: it lies inside the reranker's (same seed, smaller
-            # fraction), so neither model trained on its queries
+            # on the embedder's dev slice: with the same seed it lies inside the reranker's
+            # (they are equal at the default fractions), so neither model trained on its queries
             cascade = sweep(
                 f"{name}-ours", *dev_files(emb), rerank=str(models / "reranker"),
                 depths=(10, 20, 50), rerank_top=1,

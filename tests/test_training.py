@@ -401,27 +401,14 @@ def test_no_labels_trains_on_pseudo_queries_and_reads_no_qrels(
     queries, qrels, shown = pseudo_split(corpus, 100, seed=0)
     assert queries.num_rows == len(qrels) >= 30
     docs = {json.loads(line)["_id"]: json.loads(line) for line in corpus.read_text().splitlines()}
-    kinds = []
     for qid, text in zip(
         queries.column("query_id").to_pylist(), queries.column("text").to_pylist(), strict=True
     ):
         doc = docs[qid.removeprefix("pseudo-")]
-        kinds.append(text == doc["title"])
-        if kinds[-1]:  # asked by its title: shown without it
+        if text == doc["title"]:  # asked by its title: shown without it
             assert shown[qid] == doc["text"]
         else:  # Inverse Cloze Task: the sentence is cut out of the positive
             assert text in doc["text"] and text not in shown[qid]
-    assert any(kinds) and not all(kinds)
-    # a document with a usable title and usable sentences is asked both ways, at even odds
-    from searchpipe.training.pseudo import pseudo_query
-
-    rng = np.random.default_rng(0)
-    text = "Bats hunt insects at night. They find them by echoes of their calls. Owls hunt by ear."
-    made = [pseudo_query("How bats find insects", text, rng) for _ in range(400)]
-    titles = sum(q == "How bats find insects" for q, _ in made)
-    assert 140 < titles < 260  # 200 expected, standard deviation 10
-    assert all(shown == text for q, shown in made if q == "How bats find insects")
-    assert all(q not in shown and q in text for q, shown in made if q != "How bats find insects")
     summary = train_embedder(
         EmbedderTrainConfig(
             data=corpus.parent, output=tmp_path / "emb", no_labels=True, max_steps=2,

@@ -43,7 +43,7 @@ def _common(f: Any) -> Any:
         click.option("--negatives", type=int, default=None, help="Mined hard negatives per (query, positive)."),
         click.option("--depth", type=int, default=None, help="Hybrid candidates per query to mine from."),
         click.option("--margin", type=float, default=None, help="False-negative guard: drop candidates the teacher scores >= margin x positive."),
-        click.option("--dev-fraction", type=float, default=None, help="Share of the split's queries held out for model selection (default: reranker 0.25, which also decides how the reranker is used; embedder 0.1)."),
+        click.option("--dev-fraction", type=float, default=None, help="Share of the split's queries held out for model selection (default 0.1)."),
         click.option("--seed", type=int, default=None),
         click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML with the same settings (flags override it)."),
         click.option("--resume", is_flag=True, help="Continue the run in OUTPUT (same settings only)."),

@@ -1,16 +1,12 @@
 """Training data without labels: pseudo-queries cut from the corpus itself.
 
 Most users have a corpus and no judgements. For each sampled document we make one query and
-let that document be its positive, either
+let that document be its positive:
 
-- its title, when it has one of a few words, with the document shown without it; or
-- one of its sentences (the Inverse Cloze Task of Lee et al., 2019), with the document shown
-  with that sentence cut out, so the model must match meaning, not copy a string.
-
-A document that offers both is asked either way, at even odds (``TITLE_SHARE``). Titles alone
-were too easy a task to teach anything: on SciFact the pseudo-query dev slice went from 0.982
-to 0.996 in the first hundred steps, and more steps on them moved SciFact's test queries
-(claims: sentences, not titles) no further than the zero-shot hybrid.
+- a document with a title of a few words is asked by its title, and shown without it;
+- otherwise one of its sentences (the Inverse Cloze Task of Lee et al., 2019) is the query,
+  and the document is shown with that sentence cut out, so the model must match meaning, not
+  copy a string.
 
 Hard negatives then come from our hybrid index with the usual false-negative guard, and a
 dev slice of the pseudo-queries is held out for model selection, exactly as with qrels. No
@@ -31,7 +27,6 @@ SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 MIN_WORDS = 4  # a shorter sentence says too little to be a query
 MIN_TITLE_WORDS = 3  # nor does a one- or two-word title ("Mercury")
 MAX_WORDS = 48  # a longer sentence is a passage, not a query
-TITLE_SHARE = 0.5  # of the documents that have both a usable title and usable sentences
 
 
 def sentences(text: str) -> list[str]:
@@ -45,13 +40,11 @@ def sentences(text: str) -> list[str]:
 
 def pseudo_query(title: str, text: str, rng: np.random.Generator) -> tuple[str, str] | None:
     """(query, what the positive shows) for one document, or None when it has no usable part."""
-    titled = bool(title) and MIN_TITLE_WORDS <= len(title.split()) <= MAX_WORDS
+    if title and MIN_TITLE_WORDS <= len(title.split()) <= MAX_WORDS:
+        return title, text
     parts = sentences(text)
     usable = [i for i, s in enumerate(parts) if MIN_WORDS <= len(s.split()) <= MAX_WORDS]
-    cloze = len(parts) >= 2 and bool(usable)
-    if titled and (not cloze or rng.random() < TITLE_SHARE):
-        return title, text
-    if not cloze:
+    if len(parts) < 2 or not usable:
         return None
     i = int(rng.choice(usable))
     return parts[i], " ".join(parts[:i] + parts[i + 1 :])

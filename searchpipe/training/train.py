@@ -126,15 +126,8 @@ class RerankerTrainConfig(TrainConfig):
     random_negatives: int = Field(default=1, ge=0)  # per positive, besides the mined ones
     head: Literal["random", "pooler-identity"] = "random"
     evals_per_epoch: int = Field(default=3, ge=1)
-    #: the reranker's dev slice decides whether to rerank at all, so it holds out more than
-    #: the embedder's: on 81 SciFact dev queries (10%) the best blend's +0.03 nDCG@10 was not
-    #: resolved (max-T p 0.06) and the reranker went unused, though it gained 0.014-0.036 on
-    #: every setting of test. The price is fewer queries to train on (607 of SciFact's 809,
-    #: not 728). With the same seed the embedder's dev slice lies inside this one, so a
-    #: cascade can be chosen on queries neither model trained on
-    dev_fraction: float = Field(default=0.25, gt=0, lt=1)
     #: the usage choice reranks every dev query to depth 50: 500 queries are 25,000 pairs,
-    #: about 7 minutes on 2 cores, and resolve a gain of ~0.015 nDCG@10
+    #: about 7 minutes on 2 cores
     eval_queries: int = Field(default=500, ge=1)
 
 
